@@ -1,0 +1,146 @@
+"""The hash-chained audit trail.
+
+Each event stores the SHA-256 of the previous event's hash followed by a
+canonical encoding of itself, and sequence numbers are gapless. So an edited
+row breaks its own hash, a deleted row leaves a gap, an inserted or reordered
+row breaks the chain, and a row appended behind our back disagrees with the
+chain's head. ``verify`` prints the tip hash so it can be anchored elsewhere
+(a ticket, a signed e-mail) if even the head must be trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.models import AuditHead, Event
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(data: Any) -> str:
+    """One spelling for one value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC with microseconds: the precision both databases keep exactly."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_hash(
+    prev_hash: str, *, seq: int, request_id: int | None, actor: str, kind: str, data: str, created_at: datetime
+) -> str:
+    body = canonical_json(
+        {
+            "seq": seq,
+            "request_id": request_id,
+            "actor": actor,
+            "kind": kind,
+            "data": data,
+            "created_at": format_timestamp(created_at),
+        }
+    )
+    return hashlib.sha256(prev_hash.encode("ascii") + body.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event a unit of work will append when it commits."""
+
+    kind: str
+    actor: str
+    request_id: int | None
+    data: dict[str, Any]
+
+
+def append_events(session: Session, pending: Iterable[PendingEvent], now: datetime) -> list[Event]:
+    """Append events to the chain inside the caller's transaction.
+
+    The head row is locked (``FOR UPDATE`` on PostgreSQL; SQLite's write
+    transaction already excludes other writers), so concurrent transactions
+    append one after another and the chain never forks. Callers lock the head
+    last, after every other row, so the lock order is the same everywhere.
+    """
+    items = list(pending)
+    if not items:
+        return []
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
+    events = []
+    seq, prev = head.last_seq, head.last_hash
+    for item in items:
+        seq += 1
+        data = canonical_json(item.data)
+        digest = event_hash(
+            prev, seq=seq, request_id=item.request_id, actor=item.actor, kind=item.kind, data=data, created_at=now
+        )
+        event = Event(
+            seq=seq,
+            request_id=item.request_id,
+            actor=item.actor,
+            kind=item.kind,
+            data=data,
+            created_at=now,
+            prev_hash=prev,
+            hash=digest,
+        )
+        session.add(event)
+        events.append(event)
+        prev = digest
+    head.last_seq, head.last_hash = seq, prev
+    return events
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    tip_seq: int
+    tip_hash: str
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(session: Session, batch: int = 5000) -> VerifyResult:
+    """Walk every event in order and check sequence, links and hashes.
+
+    Streams in batches, so memory stays flat however long the trail is.
+    """
+    expected_seq, prev, checked = 1, GENESIS_HASH, 0
+    columns = (Event.seq, Event.request_id, Event.actor, Event.kind, Event.data, Event.created_at, Event.prev_hash, Event.hash)
+    last_seq = 0
+    while True:
+        rows = session.execute(select(*columns).where(Event.seq > last_seq).order_by(Event.seq).limit(batch)).all()
+        if not rows:
+            break
+        for seq, request_id, actor, kind, data, created_at, prev_hash, stored_hash in rows:
+            if seq != expected_seq:
+                missing = f"event {expected_seq} is missing" if seq > expected_seq else f"event {seq} is out of order"
+                return VerifyResult(False, checked, seq, prev, expected_seq, missing + f" (found event {seq} next)")
+            if prev_hash != prev:
+                return VerifyResult(
+                    False, checked, seq, prev, seq,
+                    f"event {seq} does not link to event {seq - 1} (a row before it was edited, inserted or removed)",
+                )
+            digest = event_hash(
+                prev, seq=seq, request_id=request_id, actor=actor, kind=kind, data=data, created_at=created_at
+            )
+            if digest != stored_hash:
+                return VerifyResult(False, checked, seq, prev, seq, f"event {seq} was altered: its contents do not match its hash")
+            prev, expected_seq, checked, last_seq = stored_hash, seq + 1, checked + 1, seq
+    head = session.get(AuditHead, 1)
+    if head is None:
+        return VerifyResult(False, checked, last_seq, prev, None, "the audit head row is missing")
+    if head.last_seq != last_seq or head.last_hash != prev:
+        if head.last_seq > last_seq:
+            problem = f"events {last_seq + 1} to {head.last_seq} are missing from the end of the trail"
+            return VerifyResult(False, checked, last_seq, prev, last_seq + 1, problem)
+        problem = f"event {head.last_seq + 1} was appended behind the service layer's back (the head ends at {head.last_seq})"
+        return VerifyResult(False, checked, last_seq, prev, head.last_seq + 1, problem)
+    return VerifyResult(True, checked, last_seq, prev)

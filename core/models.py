@@ -1,0 +1,342 @@
+"""The tables, as SQLAlchemy 2.0 typed models.
+
+The schema itself is made only by the Alembic migrations in
+``core/migrations``; a test checks that these models and the migrations agree.
+Live ORM objects never leave ``core``: services return frozen views.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    SQLite has no time zones, so values are stored there as naive UTC; on
+    PostgreSQL they are ``timestamptz``. Either way the application sees aware
+    UTC datetimes, which the audit hash depends on.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[override]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[override]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    __table_args__ = (
+        CheckConstraint("kyc_status IN ('verified', 'pending', 'failed', 'unknown')", name="kyc_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_ref: Mapped[str] = mapped_column(String(120), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+    kyc_status: Mapped[str] = mapped_column(String(16), default="unknown")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    addresses: Mapped[list[CustomerAddress]] = relationship(
+        back_populates="customer", cascade="all, delete-orphan", order_by="CustomerAddress.id"
+    )
+
+
+class CustomerAddress(Base):
+    """An e-mail address or a whole domain that identifies a customer's mail."""
+
+    __tablename__ = "customer_addresses"
+    __table_args__ = (
+        UniqueConstraint("kind", "value", name="uq_customer_addresses_kind_value"),
+        CheckConstraint("kind IN ('email', 'domain')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    value: Mapped[str] = mapped_column(String(320))
+
+    customer: Mapped[Customer] = relationship(back_populates="addresses")
+
+
+class Invoice(Base):
+    __tablename__ = "invoices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(64), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    issued_on: Mapped[date] = mapped_column(Date)
+    due_on: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    customer: Mapped[Customer] = relationship()
+
+
+class Agent(Base):
+    """A person who works in supportdesk, known by Slack user id and e-mail."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slack_user_id: Mapped[str] = mapped_column(String(32), unique=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Space-separated subset of: agent approver manager admin.
+    roles: Mapped[str] = mapped_column(String(64))
+    approval_limit_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    approval_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(self.roles.split())
+
+
+class Request(Base):
+    __tablename__ = "requests"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('new', 'assigned', 'waiting_on_customer', 'pending_approval', 'resolved', 'closed')",
+            name="status",
+        ),
+        CheckConstraint("priority IN ('urgent', 'high', 'normal', 'low')", name="priority"),
+        CheckConstraint("channel IN ('email', 'slack', 'cli')", name="channel"),
+        CheckConstraint("disputed_amount_minor IS NULL OR disputed_amount_minor >= 0", name="disputed_amount"),
+        Index("ix_requests_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    subject: Mapped[str] = mapped_column(String(998))
+    channel: Mapped[str] = mapped_column(String(8))
+    category: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(24))
+    requester_email: Mapped[str] = mapped_column(String(320), index=True)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True, nullable=True)
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), index=True, nullable=True)
+    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"), index=True, nullable=True)
+    disputed_amount_minor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    disputed_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    resolution_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resolution_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), nullable=True)
+    # A customer reply to a closed request opens a new one that points back here.
+    follows_up_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), nullable=True)
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    first_assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Compare-and-set guard: every UPDATE checks and bumps it.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    customer: Mapped[Customer | None] = relationship()
+    assignee: Mapped[Agent | None] = relationship()
+    invoice: Mapped[Invoice | None] = relationship()
+    merged_into: Mapped[Request | None] = relationship(foreign_keys=[merged_into_id], remote_side=[id])
+    follows_up: Mapped[Request | None] = relationship(foreign_keys=[follows_up_id], remote_side=[id])
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def key(self) -> str:
+        return f"SR-{self.number}"
+
+
+class Message(Base):
+    """One piece of correspondence: inbound mail, an outbound reply or an internal note."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint("direction IN ('inbound', 'outbound', 'note')", name="direction"),
+        Index("ix_messages_request_id_created_at", "request_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"))
+    direction: Mapped[str] = mapped_column(String(8))
+    # RFC 5322 Message-ID with its angle brackets; notes have none.
+    message_id: Mapped[str | None] = mapped_column(String(998), unique=True, nullable=True)
+    in_reply_to: Mapped[str | None] = mapped_column(Text, nullable=True)
+    references: Mapped[str | None] = mapped_column(Text, nullable=True)
+    from_address: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    to_addresses: Mapped[str | None] = mapped_column(Text, nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    body_text: Mapped[str] = mapped_column(Text)
+    author_agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), nullable=True)
+    # True for the acknowledgment and other mail nobody typed.
+    is_automatic: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    request: Mapped[Request] = relationship()
+    author: Mapped[Agent | None] = relationship()
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Attachment.id"
+    )
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(500))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    is_inline: Mapped[bool] = mapped_column(default=False)
+
+    message: Mapped[Message] = relationship(back_populates="attachments")
+
+
+class Approval(Base):
+    """A proposed financial adjustment and, once decided, who decided and why."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        CheckConstraint("kind IN ('credit', 'refund', 'write_off')", name="kind"),
+        CheckConstraint("status IN ('pending', 'approved', 'rejected', 'withdrawn')", name="status"),
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        Index("ix_approvals_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decision_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    request: Mapped[Request] = relationship()
+    requested_by: Mapped[Agent] = relationship(foreign_keys=[requested_by_id])
+    decided_by: Mapped[Agent | None] = relationship(foreign_keys=[decided_by_id])
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Event(Base):
+    """One entry of the append-only, hash-chained audit trail.
+
+    ``seq`` is assigned from :class:`AuditHead`, not by the database, so the
+    chain has no gaps and a deleted row shows as one.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_request_id_seq", "request_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), nullable=True)
+    actor: Mapped[str] = mapped_column(String(400))
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    # Canonical JSON text, stored verbatim so the hash can be recomputed byte for byte.
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditHead(Base):
+    """The single row that holds the chain's tip; writers lock it to append."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class Counter(Base):
+    """Gapless counters, e.g. request numbers; incremented under a row lock."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class OutboxMessage(Base):
+    """A notification to deliver, written in the same transaction as its cause.
+
+    The delivery workers (Slack, e-mail) read pending rows, deliver them and
+    mark them sent; a crash between commit and delivery loses nothing.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint("channel IN ('email', 'slack')", name="channel"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    topic: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True, nullable=True)
+    event_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(8), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,0 +1,54 @@
+"""Which notifications an audit event causes. Pure.
+
+The unit of work asks :func:`outbox_for` for every event it appends and
+writes the answer to the outbox in the same transaction, so a notification
+exists if and only if its cause was committed. The delivery workers in
+``notifications`` decide *how* (post or update a card, render the mail).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OutboxDraft:
+    channel: str  # "slack" or "email"
+    topic: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+# Events after which the request's triage card must show something new.
+_CARD_SILENT = frozenset({"message.note"})
+_EMAIL_BY_KIND = {
+    "message.outbound": "reply",
+    "request.resolved": "resolution_notice",
+}
+
+
+def outbox_for(
+    kind: str, data: dict[str, Any], *, request_key: str | None, channel: str | None, slack_enabled: bool
+) -> list[OutboxDraft]:
+    """Notifications for one event of ``kind`` on a request opened via ``channel``."""
+    drafts: list[OutboxDraft] = []
+    if request_key is None:
+        return drafts
+    base = {"request_key": request_key}
+    if kind == "request.opened" and channel == "email" and not data.get("is_automatic_sender", False):
+        drafts.append(OutboxDraft("email", "acknowledgment", base))
+    elif kind in _EMAIL_BY_KIND:
+        drafts.append(OutboxDraft("email", _EMAIL_BY_KIND[kind], {**base, **_message_ref(data)}))
+    if not slack_enabled:
+        return drafts
+    if kind.startswith("approval."):
+        drafts.append(OutboxDraft("slack", "approval_card", {**base, "approval_id": data["approval_id"]}))
+    if kind in ("message.inbound", "request.customer_replied") and "message_id" in data:
+        drafts.append(OutboxDraft("slack", "thread_mirror", {**base, "message_id": data["message_id"]}))
+    if kind not in _CARD_SILENT:
+        drafts.append(OutboxDraft("slack", "triage_card", base))
+    return drafts
+
+
+def _message_ref(data: dict[str, Any]) -> dict[str, Any]:
+    return {"message_id": data["message_id"]} if "message_id" in data else {}

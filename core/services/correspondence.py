@@ -1,0 +1,373 @@
+"""Opening requests and the messages on them: inbound mail, replies, internal notes."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from hashlib import sha256
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.authorization import require_agent
+from core.errors import InvalidInput, NotFound
+from core.lifecycle import Action, Status, next_status
+from core.models import Agent, Attachment, Counter, Customer, Invoice, Message, Request
+from core.money import Money
+from core.services.common import (
+    CHANNELS,
+    agent_actor,
+    check_category,
+    check_disputed,
+    check_email,
+    check_priority,
+    check_text,
+    find_customer_by_address,
+    get_agent,
+    get_request,
+    money_data,
+    refuse_if_closed,
+)
+from core.store import Store, UnitOfWork
+from core.views import MessageView, RequestView
+
+MAX_SUBJECT = 998
+_REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|sv|antw)\s*:\s*)+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class NewAttachment:
+    filename: str
+    content_type: str
+    content: bytes
+    is_inline: bool = False
+
+
+@dataclass(frozen=True)
+class InboundMail:
+    """A customer's message, already parsed by whichever front end received it."""
+
+    from_address: str
+    subject: str
+    body_text: str
+    message_id: str | None = None
+    to_addresses: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    attachments: tuple[NewAttachment, ...] = ()
+
+
+def open_request(
+    store: Store,
+    *,
+    channel: str,
+    mail: InboundMail,
+    category: str | None = None,
+    priority: str = "normal",
+    actor: str | None = None,
+    invoice_number: str | None = None,
+    disputed: Money | None = None,
+    link_customer: bool = True,
+) -> RequestView:
+    """Log a new request with its first message.
+
+    ``actor`` is the Slack user id of the agent who typed it (channels slack
+    and cli); for e-mail the customer is the actor. A message whose
+    Message-ID is already stored returns the request it belongs to, unchanged,
+    so a delivery repeated by a mail server is stored once.
+    """
+    if channel not in CHANNELS:
+        raise InvalidInput(f"channel {channel!r} is not one of {', '.join(CHANNELS)}")
+    requester = check_email(mail.from_address, "requester")
+    subject = _clean_subject(mail.subject)
+    priority = check_priority(priority)
+    with store.unit_of_work() as uow:
+        existing = _request_of_message(uow.session, mail.message_id)
+        if existing is not None:
+            return RequestView.of(existing)
+        agent = _acting_agent(uow.session, channel, actor, "open a request")
+        customer = find_customer_by_address(uow.session, requester) if link_customer else None
+        invoice = _find_invoice(uow.session, invoice_number, customer, requester) if invoice_number else None
+        if disputed is not None:
+            check_disputed(disputed, invoice)
+        if category is None:
+            category = "billing_dispute" if invoice is not None or disputed is not None else "general"
+        request = Request(
+            number=_next_number(uow.session),
+            subject=subject,
+            channel=channel,
+            category=check_category(category),
+            priority=priority,
+            status=Status.NEW.value,
+            requester_email=requester,
+            customer=customer,
+            invoice=invoice,
+            disputed_amount_minor=disputed.minor if disputed else None,
+            disputed_currency=disputed.currency if disputed else None,
+            created_at=uow.now,
+            updated_at=uow.now,
+        )
+        uow.session.add(request)
+        message = _add_inbound(uow, request, mail, agent)
+        uow.record(
+            "request.opened",
+            actor=agent_actor(agent) if agent else f"customer:{requester}",
+            request=request,
+            data={
+                "key": request.key,
+                "channel": channel,
+                "subject": subject,
+                "requester": requester,
+                "customer_ref": customer.external_ref if customer else None,
+                "category": request.category,
+                "priority": priority,
+                "invoice": invoice.number if invoice else None,
+                "disputed_amount": money_data(disputed),
+                "message_id": message.id,
+                "status": {"from": None, "to": Status.NEW.value},
+            },
+        )
+        uow.commit()
+        return RequestView.of(request)
+
+
+def add_inbound_message(store: Store, key: str, mail: InboundMail, *, actor: str | None = None) -> RequestView:
+    """A customer's reply on an existing request.
+
+    It moves a request waiting on the customer back to assigned and reopens a
+    resolved one. On a request merged into another it lands on the survivor;
+    on a closed one it opens a new request that links back. Returns the
+    request the message joined.
+    """
+    with store.unit_of_work() as uow:
+        existing = _request_of_message(uow.session, mail.message_id)
+        if existing is not None:
+            return RequestView.of(existing)
+        agent = get_agent(uow.session, actor) if actor else None
+        if agent is not None:
+            require_agent(agent, "record a customer message")
+        request = _follow_merges(uow, get_request(uow, key))
+        if request.status == Status.CLOSED:
+            return _open_follow_up(uow, request, mail, agent)
+        message = _add_inbound(uow, request, mail, agent)
+        before = Status(request.status)
+        after = next_status(request.key, before, Action.CUSTOMER_REPLIED)
+        _apply_customer_reply(request, before, after, uow)
+        uow.record(
+            "request.customer_replied" if after != before else "message.inbound",
+            actor=agent_actor(agent) if agent else f"customer:{message.from_address}",
+            request=request,
+            data={"message_id": message.id, "from": message.from_address,
+                  "status": {"from": before.value, "to": after.value}},
+        )
+        uow.commit()
+        return RequestView.of(request)
+
+
+def reply(store: Store, key: str, body: str, *, actor: str) -> MessageView:
+    """A customer-visible reply; the e-mail outbox sends it.
+
+    The Message-ID is made here, so the mail sent later (and any retry of it)
+    carries the id the customer's answer will refer to.
+    """
+    text = check_text(body, "the reply")
+    with store.unit_of_work() as uow:
+        agent = get_agent(uow.session, actor)
+        request = get_request(uow, key)
+        require_agent(agent, f"reply on {request.key}")
+        refuse_if_closed(request, "reply to the customer")
+        last_inbound = uow.session.execute(
+            select(Message)
+            .where(Message.request_id == request.id, Message.direction == "inbound", Message.message_id.is_not(None))
+            .order_by(Message.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        references = (last_inbound.references or "").split() + [last_inbound.message_id] if last_inbound else []
+        message = Message(
+            request=request,
+            direction="outbound",
+            message_id=f"<{uuid.uuid4().hex}.{request.key.lower()}@{store.settings.mail_domain}>",
+            in_reply_to=last_inbound.message_id if last_inbound else None,
+            references=" ".join(references[-20:]) or None,
+            from_address=store.settings.support_addresses[0],
+            to_addresses=request.requester_email,
+            subject=reply_subject(request),
+            body_text=text,
+            author=agent,
+            is_automatic=False,
+            created_at=uow.now,
+        )
+        uow.session.add(message)
+        if request.first_response_at is None:
+            request.first_response_at = uow.now
+        request.updated_at = uow.now
+        uow.session.flush()
+        uow.record(
+            "message.outbound",
+            actor=agent_actor(agent),
+            request=request,
+            data={"message_id": message.id, "rfc_message_id": message.message_id, "to": [request.requester_email]},
+        )
+        uow.commit()
+        return MessageView.of(message)
+
+
+def add_note(store: Store, key: str, body: str, *, actor: str) -> MessageView:
+    """An internal note: never sent to the customer, allowed in every state."""
+    text = check_text(body, "the note")
+    with store.unit_of_work() as uow:
+        agent = get_agent(uow.session, actor)
+        request = get_request(uow, key)
+        require_agent(agent, f"add a note to {request.key}")
+        message = Message(
+            request=request, direction="note", body_text=text, author=agent, is_automatic=False, created_at=uow.now
+        )
+        uow.session.add(message)
+        request.updated_at = uow.now
+        uow.session.flush()
+        uow.record("message.note", actor=agent_actor(agent), request=request, data={"message_id": message.id})
+        uow.commit()
+        return MessageView.of(message)
+
+
+def reply_subject(request: Request) -> str:
+    base = _REPLY_PREFIX.sub("", request.subject).strip()
+    tag = f"[{request.key}]"
+    return f"Re: {base}" if tag in base else f"Re: {base} {tag}"
+
+
+def _clean_subject(subject: str) -> str:
+    # CR/LF would let a subject become extra headers when it is mailed back.
+    value = " ".join((subject or "").split())
+    if not value:
+        return "(no subject)"
+    return value[:MAX_SUBJECT]
+
+
+def _acting_agent(session: Session, channel: str, actor: str | None, doing: str) -> Agent | None:
+    if channel == "email":
+        return get_agent(session, actor) if actor else None
+    if not actor:
+        raise InvalidInput(f"a request opened via {channel} needs the agent who opens it (--as SLACK_USER_ID)")
+    agent = get_agent(session, actor)
+    require_agent(agent, doing)
+    return agent
+
+
+def _request_of_message(session: Session, message_id: str | None) -> Request | None:
+    if not message_id:
+        return None
+    return session.execute(
+        select(Request).join(Message, Message.request_id == Request.id).where(Message.message_id == message_id)
+    ).scalar_one_or_none()
+
+
+def _next_number(session: Session) -> int:
+    """The next request number, under the counter row's lock: unique and gapless."""
+    return session.execute(
+        update(Counter)
+        .where(Counter.name == "request")
+        .values(value=Counter.value + 1)
+        .returning(Counter.value)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+
+
+def _find_invoice(session: Session, number: str, customer: Customer | None, requester: str) -> Invoice:
+    invoice = session.execute(select(Invoice).where(Invoice.number == number.strip())).scalar_one_or_none()
+    if invoice is None:
+        raise NotFound(f"there is no invoice {number!r}")
+    if customer is None:
+        raise InvalidInput(
+            f"invoice {invoice.number} cannot be linked: {requester} is not an address of any customer"
+        )
+    if invoice.customer_id != customer.id:
+        raise InvalidInput(f"invoice {invoice.number} belongs to another customer, not {customer.external_ref}")
+    return invoice
+
+
+def _add_inbound(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Agent | None) -> Message:
+    message = Message(
+        request=request,
+        direction="inbound",
+        message_id=mail.message_id or None,
+        in_reply_to=mail.in_reply_to,
+        references=" ".join(mail.references) or None,
+        from_address=check_email(mail.from_address, "sender"),
+        to_addresses=",".join(mail.to_addresses) or None,
+        subject=_clean_subject(mail.subject),
+        body_text=mail.body_text or "",
+        author=agent,
+        is_automatic=False,
+        created_at=uow.now,
+    )
+    for item in mail.attachments:
+        message.attachments.append(
+            Attachment(
+                filename=item.filename or "attachment",
+                content_type=item.content_type or "application/octet-stream",
+                size=len(item.content),
+                sha256=sha256(item.content).hexdigest(),
+                content=item.content,
+                is_inline=item.is_inline,
+            )
+        )
+    uow.session.add(message)
+    uow.session.flush()
+    return message
+
+
+def _apply_customer_reply(request: Request, before: Status, after: Status, uow: UnitOfWork) -> None:
+    request.status = after.value
+    request.updated_at = uow.now
+    if before == Status.RESOLVED:
+        request.reopen_count += 1
+        request.resolved_at = None
+
+
+def _follow_merges(uow: UnitOfWork, request: Request) -> Request:
+    """A merged request forwards its mail to the one it was merged into."""
+    seen = {request.id}
+    while request.merged_into_id is not None and request.merged_into_id not in seen:
+        seen.add(request.merged_into_id)
+        request = uow.lock_request(request.merged_into_id)
+    return request
+
+
+def _open_follow_up(uow: UnitOfWork, closed: Request, mail: InboundMail, agent: Agent | None) -> RequestView:
+    """A reply to a closed request becomes a new request that points back to it."""
+    request = Request(
+        number=_next_number(uow.session),
+        subject=_clean_subject(mail.subject),
+        channel="email",
+        category=closed.category,
+        priority=closed.priority,
+        status=Status.NEW.value,
+        requester_email=check_email(mail.from_address, "sender"),
+        customer=closed.customer,
+        follows_up=closed,
+        created_at=uow.now,
+        updated_at=uow.now,
+    )
+    uow.session.add(request)
+    message = _add_inbound(uow, request, mail, agent)
+    uow.record(
+        "request.opened",
+        actor=agent_actor(agent) if agent else f"customer:{message.from_address}",
+        request=request,
+        data={
+            "key": request.key,
+            "channel": "email",
+            "subject": request.subject,
+            "requester": request.requester_email,
+            "customer_ref": closed.customer.external_ref if closed.customer else None,
+            "category": request.category,
+            "priority": request.priority,
+            "follows_up": closed.key,
+            "message_id": message.id,
+            "status": {"from": None, "to": Status.NEW.value},
+        },
+    )
+    uow.commit()
+    return RequestView.of(request)

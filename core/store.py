@@ -1,0 +1,164 @@
+"""The store: engine, clock and settings, and the unit of work.
+
+A :class:`UnitOfWork` is one transaction. Service functions change rows,
+:meth:`UnitOfWork.record` the events that describe the change, and
+:meth:`UnitOfWork.commit` appends those events to the audit chain, writes
+their outbox rows and commits everything at once. Leaving the ``with`` block
+without committing rolls back, so a refusal halfway leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from core.audit import PendingEvent, append_events, canonical_json
+from core.clock import Clock, SystemClock
+from core.db import make_engine, make_session_factory, read_engine
+from core.errors import Conflict, StoreUnavailable
+from core.models import OutboxMessage, Request
+from core.notification_policy import outbox_for
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Store:
+    """What every service function needs; built once at start-up."""
+
+    engine: Engine
+    clock: Clock = field(default_factory=SystemClock)
+    settings: Settings = field(default_factory=Settings)
+    _writes: sessionmaker[Session] = field(init=False, repr=False)
+    _reads: sessionmaker[Session] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._writes = make_session_factory(self.engine)
+        self._reads = make_session_factory(read_engine(self.engine))
+
+    @classmethod
+    def open(cls, settings: Settings, clock: Clock | None = None) -> Store:
+        return cls(make_engine(settings.database_url), clock or SystemClock(), settings)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @property
+    def slack_enabled(self) -> bool:
+        return bool(self.settings.slack_bot_token)
+
+    def unit_of_work(self) -> UnitOfWork:
+        return UnitOfWork(self)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session; never committed."""
+        with translate_store_errors():
+            session = self._reads()
+            try:
+                yield session
+            finally:
+                session.rollback()
+                session.close()
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the database answers."""
+        with self.read() as session:
+            session.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def translate_store_errors() -> Iterator[None]:
+    """Turn "the database is not there or is locked" into one error the edges understand."""
+    try:
+        yield
+    except StaleDataError as exc:
+        raise Conflict("somebody changed this at the same moment; look again and retry") from exc
+    except OperationalError as exc:
+        log.warning("store unavailable: %s", exc.orig.__class__.__name__ if exc.orig else exc)
+        raise StoreUnavailable("the database is unavailable right now; try again shortly") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable("the connection to the database was lost; try again shortly") from exc
+        raise
+
+
+class UnitOfWork:
+    """One transaction with its audit events and outbox rows."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.session: Session
+        self.now: datetime
+        self._pending: list[tuple[PendingEvent, Request | None]] = []
+        self._committed = False
+        self._errors = translate_store_errors()
+
+    def __enter__(self) -> UnitOfWork:
+        self._errors.__enter__()
+        self.session = self.store._writes()
+        self.now = self.store.clock.now()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        try:
+            if not self._committed:
+                self.session.rollback()
+        finally:
+            self.session.close()
+        return self._errors.__exit__(exc_type, exc, tb)
+
+    def record(self, kind: str, *, actor: str, request: Request | None, data: dict[str, Any] | None = None) -> None:
+        """Describe a change; appended to the chain when the unit commits."""
+        self._pending.append((PendingEvent(kind, actor, None, dict(data or {})), request))
+
+    def commit(self) -> None:
+        """Flush the changes, append their events, write their outbox rows, commit."""
+        self.session.flush()  # assigns ids to new requests before events reference them
+        pending = [
+            (PendingEvent(item.kind, item.actor, request.id if request is not None else None, item.data), request)
+            for item, request in self._pending
+        ]
+        events = append_events(self.session, (p for p, _ in pending), self.now)
+        for event, (item, request) in zip(events, pending):
+            for draft in outbox_for(
+                event.kind,
+                item.data,
+                request_key=request.key if request is not None else None,
+                channel=request.channel if request is not None else None,
+                slack_enabled=self.store.slack_enabled,
+            ):
+                self.session.add(
+                    OutboxMessage(
+                        channel=draft.channel,
+                        topic=draft.topic,
+                        request_id=request.id if request is not None else None,
+                        event_seq=event.seq,
+                        payload=canonical_json(draft.payload),
+                        status="pending",
+                        attempts=0,
+                        next_attempt_at=self.now,
+                        created_at=self.now,
+                    )
+                )
+        self.session.commit()
+        self._committed = True
+        self._pending.clear()
+
+    def lock_request(self, request_id: int) -> Request:
+        """Load a request and lock its row until commit (SQLite already holds the write lock)."""
+        return self.session.execute(select(Request).where(Request.id == request_id).with_for_update()).scalar_one()

@@ -1,0 +1,358 @@
+"""Frozen views of the store, and their stable JSON.
+
+Services and queries return these instead of live ORM objects, so a front end
+can never lazy-load outside a transaction or write behind the service layer.
+The JSON field names are a public interface documented in the README: add
+fields, never rename or remove them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from core.audit import format_timestamp
+from core.models import Agent, Approval, Attachment, Customer, Event, Invoice, Message, Request
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment).replace(".000000Z", "Z")
+
+
+def money_json(minor: int | None, currency: str | None) -> dict[str, Any] | None:
+    if minor is None or currency is None:
+        return None
+    return {"amount_minor": minor, "currency": currency}
+
+
+@dataclass(frozen=True)
+class CustomerRef:
+    external_ref: str
+    name: str
+    kyc_status: str
+
+    @classmethod
+    def of(cls, customer: Customer | None) -> CustomerRef | None:
+        if customer is None:
+            return None
+        return cls(customer.external_ref, customer.name, customer.kyc_status)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.external_ref, "name": self.name, "kyc_status": self.kyc_status}
+
+
+@dataclass(frozen=True)
+class InvoiceRef:
+    number: str
+    customer_ref: str
+    amount_minor: int
+    currency: str
+    issued_on: date
+    due_on: date
+    status: str
+
+    @classmethod
+    def of(cls, invoice: Invoice | None) -> InvoiceRef | None:
+        if invoice is None:
+            return None
+        return cls(
+            invoice.number, invoice.customer.external_ref, invoice.amount_minor, invoice.currency,
+            invoice.issued_on, invoice.due_on, invoice.status,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "customer_ref": self.customer_ref,
+            "amount": money_json(self.amount_minor, self.currency),
+            "issued_on": self.issued_on.isoformat(),
+            "due_on": self.due_on.isoformat(),
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class AgentRef:
+    slack_user_id: str
+    name: str
+    email: str
+    roles: tuple[str, ...]
+    approval_limit_minor: int
+    approval_currency: str | None
+
+    @classmethod
+    def of(cls, agent: Agent | None) -> AgentRef | None:
+        if agent is None:
+            return None
+        return cls(
+            agent.slack_user_id, agent.name, agent.email, tuple(sorted(agent.role_set)),
+            agent.approval_limit_minor, agent.approval_currency,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slack_user_id": self.slack_user_id,
+            "name": self.name,
+            "email": self.email,
+            "roles": list(self.roles),
+            "approval_limit": money_json(self.approval_limit_minor, self.approval_currency),
+        }
+
+
+@dataclass(frozen=True)
+class RequestView:
+    key: str
+    subject: str
+    status: str
+    channel: str
+    category: str
+    priority: str
+    requester: str
+    customer: CustomerRef | None
+    assignee: str | None
+    assignee_name: str | None
+    invoice: InvoiceRef | None
+    disputed_amount_minor: int | None
+    disputed_currency: str | None
+    resolution_note: str | None
+    resolution_code: str | None
+    reopen_count: int
+    merged_into: str | None
+    follows_up: str | None
+    created_at: datetime
+    updated_at: datetime
+    first_assigned_at: datetime | None
+    first_response_at: datetime | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+
+    @classmethod
+    def of(cls, request: Request) -> RequestView:
+        return cls(
+            key=request.key,
+            subject=request.subject,
+            status=request.status,
+            channel=request.channel,
+            category=request.category,
+            priority=request.priority,
+            requester=request.requester_email,
+            customer=CustomerRef.of(request.customer),
+            assignee=request.assignee.slack_user_id if request.assignee else None,
+            assignee_name=request.assignee.name if request.assignee else None,
+            invoice=InvoiceRef.of(request.invoice),
+            disputed_amount_minor=request.disputed_amount_minor,
+            disputed_currency=request.disputed_currency,
+            resolution_note=request.resolution_note,
+            resolution_code=request.resolution_code,
+            reopen_count=request.reopen_count,
+            merged_into=request.merged_into.key if request.merged_into else None,
+            follows_up=request.follows_up.key if request.follows_up else None,
+            created_at=request.created_at,
+            updated_at=request.updated_at,
+            first_assigned_at=request.first_assigned_at,
+            first_response_at=request.first_response_at,
+            resolved_at=request.resolved_at,
+            closed_at=request.closed_at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "subject": self.subject,
+            "status": self.status,
+            "channel": self.channel,
+            "category": self.category,
+            "priority": self.priority,
+            "requester": self.requester,
+            "customer": self.customer.to_json() if self.customer else None,
+            "assignee": self.assignee,
+            "assignee_name": self.assignee_name,
+            "invoice": self.invoice.to_json() if self.invoice else None,
+            "disputed_amount": money_json(self.disputed_amount_minor, self.disputed_currency),
+            "resolution_note": self.resolution_note,
+            "resolution_code": self.resolution_code,
+            "reopen_count": self.reopen_count,
+            "merged_into": self.merged_into,
+            "follows_up": self.follows_up,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "first_assigned_at": iso(self.first_assigned_at),
+            "first_response_at": iso(self.first_response_at),
+            "resolved_at": iso(self.resolved_at),
+            "closed_at": iso(self.closed_at),
+        }
+
+
+@dataclass(frozen=True)
+class AttachmentView:
+    id: int
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    is_inline: bool
+
+    @classmethod
+    def of(cls, attachment: Attachment) -> AttachmentView:
+        return cls(attachment.id, attachment.filename, attachment.content_type, attachment.size, attachment.sha256,
+                   attachment.is_inline)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "filename": self.filename, "content_type": self.content_type,
+            "size": self.size, "sha256": self.sha256, "inline": self.is_inline,
+        }
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: int
+    direction: str
+    message_id: str | None
+    from_address: str | None
+    to_addresses: tuple[str, ...]
+    subject: str | None
+    body_text: str
+    author: str | None
+    is_automatic: bool
+    created_at: datetime
+    attachments: tuple[AttachmentView, ...]
+
+    @classmethod
+    def of(cls, message: Message) -> MessageView:
+        return cls(
+            id=message.id,
+            direction=message.direction,
+            message_id=message.message_id,
+            from_address=message.from_address,
+            to_addresses=tuple(a for a in (message.to_addresses or "").split(",") if a),
+            subject=message.subject,
+            body_text=message.body_text,
+            author=message.author.slack_user_id if message.author else None,
+            is_automatic=message.is_automatic,
+            created_at=message.created_at,
+            attachments=tuple(AttachmentView.of(a) for a in message.attachments),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "direction": self.direction,
+            "message_id": self.message_id,
+            "from": self.from_address,
+            "to": list(self.to_addresses),
+            "subject": self.subject,
+            "body": self.body_text,
+            "author": self.author,
+            "automatic": self.is_automatic,
+            "created_at": iso(self.created_at),
+            "attachments": [a.to_json() for a in self.attachments],
+        }
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    id: int
+    request_key: str
+    kind: str
+    amount_minor: int
+    currency: str
+    reason: str
+    status: str
+    requested_by: str
+    requested_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_note: str | None
+
+    @classmethod
+    def of(cls, approval: Approval) -> ApprovalView:
+        return cls(
+            id=approval.id,
+            request_key=approval.request.key,
+            kind=approval.kind,
+            amount_minor=approval.amount_minor,
+            currency=approval.currency,
+            reason=approval.reason,
+            status=approval.status,
+            requested_by=approval.requested_by.slack_user_id,
+            requested_at=approval.requested_at,
+            decided_by=approval.decided_by.slack_user_id if approval.decided_by else None,
+            decided_at=approval.decided_at,
+            decision_note=approval.decision_note,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "request_key": self.request_key,
+            "kind": self.kind,
+            "amount": money_json(self.amount_minor, self.currency),
+            "reason": self.reason,
+            "status": self.status,
+            "requested_by": self.requested_by,
+            "requested_at": iso(self.requested_at),
+            "decided_by": self.decided_by,
+            "decided_at": iso(self.decided_at),
+            "decision_note": self.decision_note,
+        }
+
+
+@dataclass(frozen=True)
+class EventView:
+    seq: int
+    kind: str
+    actor: str
+    data: dict[str, Any]
+    created_at: datetime
+    hash: str
+    prev_hash: str
+
+    @classmethod
+    def of(cls, event: Event) -> EventView:
+        return cls(event.seq, event.kind, event.actor, json.loads(event.data), event.created_at, event.hash,
+                   event.prev_hash)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "actor": self.actor,
+            "data": self.data,
+            "created_at": iso(self.created_at),
+            "hash": self.hash,
+            "prev_hash": self.prev_hash,
+        }
+
+
+@dataclass(frozen=True)
+class RequestDetail:
+    request: RequestView
+    messages: tuple[MessageView, ...]
+    approvals: tuple[ApprovalView, ...]
+    events: tuple[EventView, ...]
+    merged_from: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.request.to_json(),
+            "merged_from": list(self.merged_from),
+            "messages": [m.to_json() for m in self.messages],
+            "approvals": [a.to_json() for a in self.approvals],
+            "events": [e.to_json() for e in self.events],
+        }
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    kind: str
+    rows: int
+    created: int
+    updated: int
+    unchanged: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rows": self.rows, "created": self.created, "updated": self.updated,
+                "unchanged": self.unchanged}
