@@ -1,0 +1,1 @@
+"""The ``supportdesk`` command and the wiring that starts the front ends together."""
