@@ -118,7 +118,7 @@ def import_invoices(store: Store, content: str, *, source: str = "invoices.csv")
     rows = _parse(content, INVOICE_COLUMNS, _invoice_row, source)
     _unique(rows, lambda r: r.number, "invoice number", source)
     with store.unit_of_work() as uow:
-        customers = dict(uow.session.execute(select(Customer.external_ref, Customer.id)).tuples().all())
+        customers = dict(uow.session.execute(select(Customer.external_ref, Customer.id)).all())
         unknown = [f"{source}:{r.line}: no customer with reference {r.customer_ref!r}"
                    for r in rows if r.customer_ref not in customers]
         if unknown:
@@ -310,7 +310,7 @@ def _check_address_owners(session: Session, rows: list[CustomerRow], source: str
         for kind, value, ref in session.execute(
             select(CustomerAddress.kind, CustomerAddress.value, Customer.external_ref)
             .join(Customer, Customer.id == CustomerAddress.customer_id)
-        ).tuples()
+        )
     }
     errors = []
     for row in rows:
