@@ -7,7 +7,7 @@ import sys
 from typing import Any, Iterable, Sequence, TextIO
 
 from core.money import format_minor
-from core.views import ApprovalView, RequestDetail, RequestView
+from core.views import ApprovalView, MessageView, RequestDetail, RequestView
 
 
 def emit_json(value: Any, out: TextIO = sys.stdout) -> None:
@@ -85,8 +85,7 @@ def request_detail(d: RequestDetail, out: TextIO = sys.stdout) -> None:
         out.write(f"  merged in  {', '.join(d.merged_from)}\n")
     out.write("\nMessages\n")
     for m in d.messages:
-        who = m.author or m.from_address or "-"
-        out.write(f"  [{when(m.created_at)}] {m.direction} by {who}\n")
+        out.write(f"  [{when(m.created_at)}] {_message_heading(m)}\n")
         for line in m.body_text.splitlines()[:20]:
             out.write(f"      {line}\n")
         for a in m.attachments:
@@ -97,6 +96,15 @@ def request_detail(d: RequestDetail, out: TextIO = sys.stdout) -> None:
     out.write("\nEvents\n")
     for e in d.events:
         out.write(f"  #{e.seq} {when(e.created_at)} {e.kind} by {e.actor}\n")
+
+
+def _message_heading(m: MessageView) -> str:
+    if m.direction == "inbound":
+        entered = f" (entered by {m.author})" if m.author else ""
+        return f"from {m.from_address}{entered}"
+    if m.direction == "outbound":
+        return f"reply by {m.author or 'supportdesk'} to {', '.join(m.to_addresses)}"
+    return f"internal note by {m.author}"
 
 
 def approval_rows(approvals: list[ApprovalView], out: TextIO = sys.stdout, indent: str = "") -> None:

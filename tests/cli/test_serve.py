@@ -1,0 +1,58 @@
+"""`supportdesk serve`: migrates the store, says what started and why the rest did not, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core import migrate
+from core.db import make_engine
+from core.settings import load_settings
+from cli.serve import plan_parts
+
+
+def test_plan_names_every_part_and_why() -> None:
+    plans = {p.name: p for p in plan_parts(load_settings({}))}
+    assert set(plans) == {"store", "smtp listener", "slack app", "scheduler", "outbox delivery"}
+    assert plans["store"].start
+    assert "SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET unset" in plans["slack app"].reason
+    assert "127.0.0.1:2525" in plans["smtp listener"].reason
+
+
+def test_plan_hides_the_database_password() -> None:
+    settings = load_settings({"SUPPORTDESK_DATABASE_URL": "postgresql+psycopg://u:s3cret@db/x"})
+    store = next(p for p in plan_parts(settings) if p.name == "store")
+    assert "s3cret" not in store.reason and "***" in store.reason
+
+
+def test_serve_migrates_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    db = tmp_path / "serve.db"
+    env = {**os.environ, "SUPPORTDESK_DATABASE_URL": f"sqlite:///{db}", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "supportdesk is running" in line:
+            break
+    else:
+        proc.kill()
+    assert any("supportdesk is running" in line for line in lines), "".join(lines)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log
+    assert "slack app: not started (not configured" in log
+    assert "stopped" in rest
+    engine = make_engine(f"sqlite:///{db}")
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    engine.dispose()
