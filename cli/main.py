@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        # serve reports what it does in its log; other commands speak through their output.
+        level=logging.DEBUG if args.verbose else logging.INFO if args.handler is _serve else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core.errors import InvalidInput
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -24,9 +27,20 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+SUPPORTED = ("sqlite", "postgresql")
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the settings this product relies on."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None
+    if parsed is None or parsed.get_backend_name() not in SUPPORTED:
+        raise InvalidInput(
+            f"database URL {_redacted(url)!r} is not supported; use sqlite:///path/to/file.db "
+            "or postgresql+psycopg://user@host:5432/dbname"
+        )
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kwargs)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -34,6 +48,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1]
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:

@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from core.errors import StoreUnavailable
+from core.store import translate_store_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -25,7 +26,7 @@ def alembic_config(engine: Engine) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` in one transaction per migration."""
     config = alembic_config(engine)
-    with engine.connect() as connection:
+    with translate_store_errors(), engine.connect() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
         connection.commit()
@@ -39,7 +40,7 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    with translate_store_errors(), engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -89,12 +89,18 @@ def translate_store_errors() -> Iterator[None]:
     except StaleDataError as exc:
         raise Conflict("somebody changed this at the same moment; look again and retry") from exc
     except OperationalError as exc:
-        log.warning("store unavailable: %s", exc.orig.__class__.__name__ if exc.orig else exc)
-        raise StoreUnavailable("the database is unavailable right now; try again shortly") from exc
+        reason = _first_line(exc.orig) if exc.orig is not None else exc.__class__.__name__
+        log.info("store unavailable: %s", reason)
+        raise StoreUnavailable(f"the database is unavailable right now ({reason}); try again shortly") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise StoreUnavailable("the connection to the database was lost; try again shortly") from exc
         raise
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else error.__class__.__name__
 
 
 class UnitOfWork:
