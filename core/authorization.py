@@ -57,10 +57,14 @@ def require_verified_customer(request: Request, customer: Customer | None, doing
 
 
 def require_can_decide(approver: Agent, approval: Approval, request: Request) -> None:
-    """Approvers decide within their limit, never on their own request or one they work."""
+    """Approvers decide within their limit, never on a request they raised, asked about or work."""
     require_role(approver, Role.APPROVER, f"decide approval {approval.id}")
     if approval.requested_by_id == approver.id:
         raise PermissionDenied(f"{describe(approver)} asked for approval {approval.id} and cannot decide it")
+    if request.opened_by_id == approver.id:
+        raise PermissionDenied(
+            f"{describe(approver)} opened {request.key} and cannot decide its approval {approval.id}"
+        )
     if request.assignee_id == approver.id:
         raise PermissionDenied(
             f"{describe(approver)} is assigned to {request.key} and cannot decide its approval {approval.id}"

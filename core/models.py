@@ -163,6 +163,8 @@ class Request(Base):
     requester_email: Mapped[str] = mapped_column(String(320), index=True)
     customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True, nullable=True)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), index=True, nullable=True)
+    # The agent who logged it for the customer (Slack, command line); null for mail.
+    opened_by_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), nullable=True)
     invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"), index=True, nullable=True)
     disputed_amount_minor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     disputed_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
@@ -182,7 +184,8 @@ class Request(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     customer: Mapped[Customer | None] = relationship()
-    assignee: Mapped[Agent | None] = relationship()
+    assignee: Mapped[Agent | None] = relationship(foreign_keys=[assignee_id])
+    opened_by: Mapped[Agent | None] = relationship(foreign_keys=[opened_by_id])
     invoice: Mapped[Invoice | None] = relationship()
     merged_into: Mapped[Request | None] = relationship(foreign_keys=[merged_into_id], remote_side=[id])
     follows_up: Mapped[Request | None] = relationship(foreign_keys=[follows_up_id], remote_side=[id])

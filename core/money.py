@@ -20,6 +20,7 @@ _EXPONENTS: dict[str, int] = {
     "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
     "CLF": 4, "UYW": 4,
 }
+MAX_MINOR = 2**63 - 1  # what a BIGINT column holds
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 
@@ -64,6 +65,8 @@ def parse_amount(text: str, currency: str) -> Money:
     scaled = value.scaleb(places)
     if scaled != scaled.to_integral_value():
         raise InvalidInput(f"amount {text!r} has more than {places} decimal places for {cur}")
+    if scaled > MAX_MINOR:
+        raise InvalidInput(f"amount {text!r} {cur} is too large")
     return Money(int(scaled), cur)
 
 

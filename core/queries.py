@@ -30,6 +30,7 @@ def _request_options():  # type: ignore[no-untyped-def]
     return (
         selectinload(Request.customer),
         selectinload(Request.assignee),
+        selectinload(Request.opened_by),
         selectinload(Request.invoice),
         selectinload(Request.merged_into),
         selectinload(Request.follows_up),

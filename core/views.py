@@ -113,6 +113,7 @@ class RequestView:
     customer: CustomerRef | None
     assignee: str | None
     assignee_name: str | None
+    opened_by: str | None
     invoice: InvoiceRef | None
     disputed_amount_minor: int | None
     disputed_currency: str | None
@@ -141,6 +142,7 @@ class RequestView:
             customer=CustomerRef.of(request.customer),
             assignee=request.assignee.slack_user_id if request.assignee else None,
             assignee_name=request.assignee.name if request.assignee else None,
+            opened_by=request.opened_by.slack_user_id if request.opened_by else None,
             invoice=InvoiceRef.of(request.invoice),
             disputed_amount_minor=request.disputed_amount_minor,
             disputed_currency=request.disputed_currency,
@@ -169,6 +171,7 @@ class RequestView:
             "customer": self.customer.to_json() if self.customer else None,
             "assignee": self.assignee,
             "assignee_name": self.assignee_name,
+            "opened_by": self.opened_by,
             "invoice": self.invoice.to_json() if self.invoice else None,
             "disputed_amount": money_json(self.disputed_amount_minor, self.disputed_currency),
             "resolution_note": self.resolution_note,

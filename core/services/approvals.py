@@ -63,7 +63,7 @@ def request_approval(store: Store, key: str, *, kind: str, amount: Money, reason
 def decide_approval(
     store: Store, approval_id: int, *, approve: bool, note: str | None = None, actor: str
 ) -> ApprovalView:
-    """Approve or reject; a rejection needs a reason."""
+    """Approve or reject; a rejection needs a reason, an approval a KYC-verified customer."""
     note = (note or "").strip() or None
     if not approve and note is None:
         raise InvalidInput("a rejection needs a reason")
@@ -83,8 +83,10 @@ def decide_approval(
             raise Conflict(f"approval {approval.id} on {request.key} was already {approval.status} by {who} at {when}")
         approver = get_agent(uow.session, actor)
         require_can_decide(approver, approval, request)
-        verb = "approve" if approve else "reject"
-        require_verified_customer(request, request.customer, f"{verb} a {approval.kind.replace('_', '-')}")
+        if approve:
+            # Only approving moves money; a rejection must stay possible when
+            # KYC lapsed meanwhile, or the request could never leave pending_approval.
+            require_verified_customer(request, request.customer, f"approve a {approval.kind.replace('_', '-')}")
         action, kind = (Action.APPROVE, "approval.approved") if approve else (Action.REJECT, "approval.rejected")
         move(uow, request, action, approver, kind, {
             "approval_id": approval.id,

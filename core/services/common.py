@@ -21,12 +21,18 @@ _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+$")
 
 
+MAX_REQUEST_NUMBER = 2**31 - 1  # the numbers column is a 32-bit INTEGER
+
+
 def parse_key(key: str) -> int:
-    """``SR-12`` (any case) -> 12."""
+    """``SR-12`` (any case) -> 12; a well-formed key beyond any stored number is simply not there."""
     match = _KEY.match(key or "")
     if not match:
         raise InvalidInput(f"{key!r} is not a request key like SR-12")
-    return int(match.group(1))
+    number = int(match.group(1))
+    if number > MAX_REQUEST_NUMBER:
+        raise NotFound(f"there is no request SR-{number}")
+    return number
 
 
 def get_request(uow: UnitOfWork, key: str) -> Request:

@@ -102,6 +102,7 @@ def open_request(
             status=Status.NEW.value,
             requester_email=requester,
             customer=customer,
+            opened_by=agent,
             invoice=invoice,
             disputed_amount_minor=disputed.minor if disputed else None,
             disputed_currency=disputed.currency if disputed else None,

@@ -39,6 +39,25 @@ class RowError(Exception):
     """One bad value in one row; collected, then reported together."""
 
 
+class Problems:
+    """Every bad row of a file, gathered from all checks and reported at once, by line."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, line: int, text: str) -> None:
+        self.items.append((line, text))
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        lines = [f"{self.source}:{line}: {text}" for line, text in sorted(self.items, key=lambda item: item[0])]
+        shown = lines[:MAX_REPORTED]
+        more = f"\n… and {len(lines) - MAX_REPORTED} more" if len(lines) > MAX_REPORTED else ""
+        raise InvalidInput(f"nothing was imported; {len(lines)} bad row(s):\n" + "\n".join(shown) + more)
+
+
 @dataclass(frozen=True)
 class CustomerRow:
     line: int
@@ -73,13 +92,16 @@ class AgentRow:
 
 
 def import_customers(store: Store, content: str, *, source: str = "customers.csv") -> ImportResult:
-    rows = _parse(content, CUSTOMER_COLUMNS, _customer_row, source)
-    _unique(rows, lambda r: r.external_ref, "external_ref", source)
-    _unique([(r, a) for r in rows for a in r.emails], lambda p: p[1], "e-mail address", source, line=lambda p: p[0].line)
-    _unique([(r, d) for r in rows for d in r.domains], lambda p: p[1], "domain", source, line=lambda p: p[0].line)
+    problems = Problems(source)
+    rows = _parse(content, CUSTOMER_COLUMNS, _customer_row, problems)
+    _unique(rows, lambda r: r.external_ref, "external_ref", problems)
+    _unique([(r, a) for r in rows for a in r.emails], lambda p: p[1], "e-mail address", problems,
+            line=lambda p: p[0].line)
+    _unique([(r, d) for r in rows for d in r.domains], lambda p: p[1], "domain", problems, line=lambda p: p[0].line)
     with store.unit_of_work() as uow:
+        _check_address_owners(uow.session, rows, problems)
+        problems.raise_if_any()
         existing = {c.external_ref: c for c in uow.session.execute(select(Customer)).scalars()}
-        _check_address_owners(uow.session, rows, source)
         created = updated = 0
         kyc_changes = []
         targets: list[tuple[Customer, set[tuple[str, str]]]] = []
@@ -115,14 +137,15 @@ def import_customers(store: Store, content: str, *, source: str = "customers.csv
 
 
 def import_invoices(store: Store, content: str, *, source: str = "invoices.csv") -> ImportResult:
-    rows = _parse(content, INVOICE_COLUMNS, _invoice_row, source)
-    _unique(rows, lambda r: r.number, "invoice number", source)
+    problems = Problems(source)
+    rows = _parse(content, INVOICE_COLUMNS, _invoice_row, problems)
+    _unique(rows, lambda r: r.number, "invoice number", problems)
     with store.unit_of_work() as uow:
         customers = dict(uow.session.execute(select(Customer.external_ref, Customer.id)).all())
-        unknown = [f"{source}:{r.line}: no customer with reference {r.customer_ref!r}"
-                   for r in rows if r.customer_ref not in customers]
-        if unknown:
-            raise InvalidInput(_report(unknown))
+        for row in rows:
+            if row.customer_ref not in customers:
+                problems.add(row.line, f"no customer with reference {row.customer_ref!r}")
+        problems.raise_if_any()
         existing = {i.number: i for i in uow.session.execute(select(Invoice)).scalars()}
         created = updated = 0
         for row in rows:
@@ -141,17 +164,19 @@ def import_invoices(store: Store, content: str, *, source: str = "invoices.csv")
 
 
 def import_agents(store: Store, content: str, *, source: str = "agents.csv") -> ImportResult:
-    rows = _parse(content, AGENT_COLUMNS, _agent_row, source)
-    _unique(rows, lambda r: r.slack_user_id, "slack_user_id", source)
-    _unique(rows, lambda r: r.email, "e-mail address", source)
+    problems = Problems(source)
+    rows = _parse(content, AGENT_COLUMNS, _agent_row, problems)
+    _unique(rows, lambda r: r.slack_user_id, "slack_user_id", problems)
+    _unique(rows, lambda r: r.email, "e-mail address", problems)
     with store.unit_of_work() as uow:
         existing = {a.slack_user_id: a for a in uow.session.execute(select(Agent)).scalars()}
-        taken = {a.email: a.slack_user_id for a in existing.values()}
-        clashes = [f"{source}:{r.line}: {r.email} already belongs to agent {taken[r.email]}"
-                   for r in rows if taken.get(r.email, r.slack_user_id) != r.slack_user_id
-                   and taken[r.email] not in {x.slack_user_id for x in rows}]
-        if clashes:
-            raise InvalidInput(_report(clashes))
+        owner_of = {a.email: a.slack_user_id for a in existing.values()}
+        in_file = {r.slack_user_id for r in rows}
+        for row in rows:
+            owner = owner_of.get(row.email, row.slack_user_id)
+            if owner != row.slack_user_id and owner not in in_file:
+                problems.add(row.line, f"{row.email} already belongs to agent {owner}")
+        problems.raise_if_any()
         created = updated = 0
         changes = []
         # Agents of the file may swap e-mail addresses: park the changing ones first.
@@ -191,18 +216,21 @@ def _finish(uow: UnitOfWork, kind: str, content: str, rows: list, created: int, 
     return result
 
 
-def _parse(content: str, columns: tuple[str, ...], make: Callable[[int, dict[str, str]], Row], source: str) -> list[Row]:
-    text = content.lstrip("\ufeff")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+def _parse(content: str, columns: tuple[str, ...], make: Callable[[int, dict[str, str]], Row],
+           problems: Problems) -> list[Row]:
+    """The rows that parse; the others go to ``problems``. A bad header or an empty file stops at once."""
+    reader = csv.DictReader(io.StringIO(content.lstrip("\ufeff"), newline=""))
     header = tuple((h or "").strip() for h in (reader.fieldnames or ()))
     missing = [c for c in columns if c not in header]
     if missing:
-        raise InvalidInput(f"{source}:1: the header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}")
-    rows, errors = [], []
+        raise InvalidInput(
+            f"{problems.source}:1: the header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}"
+        )
+    rows = []
     for raw in reader:
         line = reader.line_num
         if None in raw:
-            errors.append(f"{source}:{line}: more fields than the header has columns")
+            problems.add(line, "more fields than the header has columns")
             continue
         values = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
         if not any(values.values()):
@@ -210,31 +238,21 @@ def _parse(content: str, columns: tuple[str, ...], make: Callable[[int, dict[str
         try:
             rows.append(make(line, values))
         except (RowError, InvalidInput) as exc:
-            errors.append(f"{source}:{line}: {exc}")
-    if errors:
-        raise InvalidInput(_report(errors))
-    if not rows:
-        raise InvalidInput(f"{source}: no rows to import")
+            problems.add(line, str(exc))
+    if not rows and not problems.items:
+        raise InvalidInput(f"{problems.source}: no rows to import")
     return rows
 
 
-def _report(errors: list[str]) -> str:
-    shown = errors[:MAX_REPORTED]
-    more = f"\n… and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
-    return f"nothing was imported; {len(errors)} bad row(s):\n" + "\n".join(shown) + more
-
-
-def _unique(items: Iterable, key: Callable, what: str, source: str, line: Callable | None = None) -> None:  # type: ignore[type-arg]
+def _unique(items: Iterable, key: Callable, what: str, problems: Problems,  # type: ignore[type-arg]
+            line: Callable | None = None) -> None:  # type: ignore[type-arg]
     seen: dict[str, int] = {}
-    errors = []
     for item in items:
         value, where = key(item), (line(item) if line else item.line)
         if value in seen:
-            errors.append(f"{source}:{where}: {what} {value!r} also appears on line {seen[value]}")
+            problems.add(where, f"{what} {value!r} also appears on line {seen[value]}")
         else:
             seen[value] = where
-    if errors:
-        raise InvalidInput(_report(errors))
 
 
 def _required(values: dict[str, str], column: str) -> str:
@@ -302,8 +320,8 @@ def _agent_row(line: int, values: dict[str, str]) -> AgentRow:
                     roles, limit, cur)
 
 
-def _check_address_owners(session: Session, rows: list[CustomerRow], source: str) -> None:
-    """Refuse an address that the file gives one customer while another customer, not in the file, keeps it."""
+def _check_address_owners(session: Session, rows: list[CustomerRow], problems: Problems) -> None:
+    """An address the file gives one customer while another customer, not in the file, keeps it."""
     in_file = {r.external_ref for r in rows}
     owners = {
         (kind, value): ref
@@ -312,11 +330,8 @@ def _check_address_owners(session: Session, rows: list[CustomerRow], source: str
             .join(Customer, Customer.id == CustomerAddress.customer_id)
         )
     }
-    errors = []
     for row in rows:
         for kind, value in [("email", a) for a in row.emails] + [("domain", d) for d in row.domains]:
             owner = owners.get((kind, value))
             if owner is not None and owner != row.external_ref and owner not in in_file:
-                errors.append(f"{source}:{row.line}: {kind} {value} belongs to customer {owner}, who is not in this file")
-    if errors:
-        raise InvalidInput(_report(errors))
+                problems.add(row.line, f"{kind} {value} belongs to customer {owner}, who is not in this file")

@@ -192,8 +192,10 @@ def link_invoice(
             raise InvalidInput(
                 f"invoice {invoice.number} belongs to another customer, not {request.customer.external_ref}"
             )
-        if disputed is not None:
-            check_disputed(disputed, invoice)
+        # A disputed amount recorded earlier must fit the invoice now linked.
+        check = disputed or _disputed_of(request)
+        if check is not None:
+            check_disputed(check, invoice)
         request.invoice = invoice
         if disputed is not None:
             request.disputed_amount_minor, request.disputed_currency = disputed.minor, disputed.currency
@@ -259,6 +261,12 @@ def _set_field(store: Store, key: str, actor: str, field: str, value: str, kind:
         request.updated_at = uow.now
         uow.record(kind, actor=agent_actor(agent), request=request, data={field: value, "previous": previous})
         return _commit(uow, request)
+
+
+def _disputed_of(request: Request) -> Money | None:
+    if request.disputed_amount_minor is None or request.disputed_currency is None:
+        return None
+    return Money(request.disputed_amount_minor, request.disputed_currency)
 
 
 def _has_pending_approval(uow: UnitOfWork, request: Request) -> bool:

@@ -99,6 +99,7 @@ def upgrade() -> None:
     sa.Column('requester_email', sa.String(length=320), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=True),
     sa.Column('assignee_id', sa.Integer(), nullable=True),
+    sa.Column('opened_by_id', sa.Integer(), nullable=True),
     sa.Column('invoice_id', sa.Integer(), nullable=True),
     sa.Column('disputed_amount_minor', sa.BigInteger(), nullable=True),
     sa.Column('disputed_currency', sa.String(length=3), nullable=True),
@@ -123,6 +124,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['follows_up_id'], ['requests.id'], name=op.f('fk_requests_follows_up_id_requests')),
     sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_requests_invoice_id_invoices')),
     sa.ForeignKeyConstraint(['merged_into_id'], ['requests.id'], name=op.f('fk_requests_merged_into_id_requests')),
+    sa.ForeignKeyConstraint(['opened_by_id'], ['agents.id'], name=op.f('fk_requests_opened_by_id_agents')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_requests')),
     sa.UniqueConstraint('number', name=op.f('uq_requests_number'))
     )
