@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`supportdesk requests list | head`): stop quietly.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,12 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = top.add_parser("serve", help="run the configured parts: mail listener, Slack app, scheduler")
     serve.set_defaults(handler=_serve)
 
-    db = top.add_parser("db", help="database schema").add_subparsers(title="db commands", metavar="ACTION")
+    db = top.add_parser("db", help="database schema").add_subparsers(title="db commands", metavar="ACTION",
+                                                                     required=True)
     up = db.add_parser("upgrade", help="create or migrate the schema to this version")
     up.set_defaults(handler=_db_upgrade)
 
     imports = top.add_parser("import", help="load the customer master, invoices or agents from CSV")
-    imp = imports.add_subparsers(title="what to import", metavar="KIND")
+    imp = imports.add_subparsers(title="what to import", metavar="KIND", required=True)
     for kind, fn in (("customers", services.import_customers), ("invoices", services.import_invoices),
                      ("agents", services.import_agents)):
         p = imp.add_parser(kind, help=f"upsert {kind} from FILE.csv")
@@ -85,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     _requests_parser(top)
     _approvals_parser(top)
 
-    audit = top.add_parser("audit", help="the audit trail").add_subparsers(title="audit commands", metavar="ACTION")
+    audit = top.add_parser("audit", help="the audit trail").add_subparsers(
+        title="audit commands", metavar="ACTION", required=True)
     verify = audit.add_parser("verify", help="check every event's hash and link; exit 1 at the first bad one")
     _json_flag(verify)
     verify.set_defaults(handler=_audit_verify)
 
-    agents = top.add_parser("agents", help="people who work in supportdesk").add_subparsers(metavar="ACTION")
+    agents = top.add_parser("agents", help="people who work in supportdesk").add_subparsers(
+        metavar="ACTION", required=True)
     agents_list = agents.add_parser("list", help="list active agents and their roles")
     _json_flag(agents_list)
     agents_list.set_defaults(handler=_agents_list)
@@ -98,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _requests_parser(top: Any) -> None:
-    req = top.add_parser("requests", help="work on requests").add_subparsers(title="request commands", metavar="ACTION")
+    req = top.add_parser("requests", help="work on requests").add_subparsers(
+        title="request commands", metavar="ACTION", required=True)
 
     p = req.add_parser("open", help="log a request on behalf of a customer")
     p.add_argument("--from", dest="requester", required=True, metavar="EMAIL")
@@ -211,11 +220,12 @@ def _requests_parser(top: Any) -> None:
 
 def _approvals_parser(top: Any) -> None:
     app = top.add_parser("approvals", help="credits, refunds and write-offs").add_subparsers(
-        title="approval commands", metavar="ACTION")
+        title="approval commands", metavar="ACTION", required=True)
 
     p = app.add_parser("request", help="ask for a credit, refund or write-off on a request")
     p.add_argument("key")
-    p.add_argument("--kind", required=True, choices=("credit", "refund", "write_off"))
+    p.add_argument("--kind", required=True, choices=("credit", "refund", "write_off"),
+                   type=lambda value: value.strip().lower().replace("-", "_"), help="write-off is also accepted")
     p.add_argument("--amount", required=True, metavar="DECIMAL")
     p.add_argument("--currency", required=True, metavar="CUR")
     p.add_argument("--reason", required=True)
@@ -327,6 +337,8 @@ def _requests_list(args: argparse.Namespace, store: Store) -> int:
     )
     if args.json:
         output.emit_json([v.to_json() for v in views])
+    elif args.status == "open" and not (args.assignee or args.customer):
+        output.request_rows(views, empty="no open requests (resolved and closed ones: --status all)")
     else:
         output.request_rows(views)
     return 0
@@ -348,7 +360,7 @@ def _message(args: argparse.Namespace, store: Store) -> int:
     elif message.direction == "outbound":
         print(f"reply to {message.to_addresses[0]} queued for sending ({message.message_id})")
     else:
-        print(f"note {message.id} added")
+        print(f"internal note added to {args.key.upper()}")
     return 0
 
 
@@ -378,6 +390,8 @@ def _approvals_list(args: argparse.Namespace, store: Store) -> int:
     approvals = queries.list_approvals(store, args.status)
     if args.json:
         output.emit_json([a.to_json() for a in approvals])
+    elif args.status == "pending":
+        output.approval_rows(approvals, empty="no pending approvals (decided ones: --status all)")
     else:
         output.approval_rows(approvals)
     return 0

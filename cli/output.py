@@ -10,12 +10,14 @@ from core.money import format_minor
 from core.views import ApprovalView, MessageView, RequestDetail, RequestView
 
 
-def emit_json(value: Any, out: TextIO = sys.stdout) -> None:
+def emit_json(value: Any, out: TextIO | None = None) -> None:
+    out = sys.stdout if out is None else out
     json.dump(value, out, indent=2, ensure_ascii=False, sort_keys=False)
     out.write("\n")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO = sys.stdout, indent: str = "") -> None:
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | None = None, indent: str = "") -> None:
+    out = sys.stdout if out is None else out
     body = [list(map(str, r)) for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
     for cells in [list(headers)] + body:
@@ -36,9 +38,10 @@ def money(minor: int | None, currency: str | None) -> str:
     return f"{format_minor(minor, currency)} {currency}"
 
 
-def request_rows(requests: list[RequestView], out: TextIO = sys.stdout) -> None:
+def request_rows(requests: list[RequestView], out: TextIO | None = None, *, empty: str = "no requests match") -> None:
+    out = sys.stdout if out is None else out
     if not requests:
-        out.write("no requests match\n")
+        out.write(empty + "\n")
         return
     table(
         ("KEY", "STATUS", "PRIORITY", "CATEGORY", "ASSIGNEE", "CUSTOMER", "CREATED", "SUBJECT"),
@@ -53,7 +56,8 @@ def request_rows(requests: list[RequestView], out: TextIO = sys.stdout) -> None:
     )
 
 
-def request_summary(r: RequestView, out: TextIO = sys.stdout) -> None:
+def request_summary(r: RequestView, out: TextIO | None = None) -> None:
+    out = sys.stdout if out is None else out
     customer = f"{r.customer.external_ref} {r.customer.name} (KYC {r.customer.kyc_status})" if r.customer else "unknown"
     lines = [
         f"{r.key}  {r.subject}",
@@ -79,7 +83,8 @@ def request_summary(r: RequestView, out: TextIO = sys.stdout) -> None:
     out.write("\n".join(lines) + "\n")
 
 
-def request_detail(d: RequestDetail, out: TextIO = sys.stdout) -> None:
+def request_detail(d: RequestDetail, out: TextIO | None = None) -> None:
+    out = sys.stdout if out is None else out
     request_summary(d.request, out)
     if d.merged_from:
         out.write(f"  merged in  {', '.join(d.merged_from)}\n")
@@ -107,9 +112,11 @@ def _message_heading(m: MessageView) -> str:
     return f"internal note by {m.author}"
 
 
-def approval_rows(approvals: list[ApprovalView], out: TextIO = sys.stdout, indent: str = "") -> None:
+def approval_rows(approvals: list[ApprovalView], out: TextIO | None = None, indent: str = "",
+                  *, empty: str = "no approvals match") -> None:
+    out = sys.stdout if out is None else out
     if not approvals:
-        out.write(f"{indent}no approvals match\n")
+        out.write(f"{indent}{empty}\n")
         return
     rows = [
         (

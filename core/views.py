@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any
 
 from core.audit import format_timestamp
@@ -18,7 +18,8 @@ from core.models import Agent, Approval, Attachment, Customer, Event, Invoice, M
 
 
 def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else format_timestamp(moment).replace(".000000Z", "Z")
+    """ISO 8601 UTC to the second, always the same width: 2026-01-05T09:00:00Z."""
+    return None if moment is None else moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def money_json(minor: int | None, currency: str | None) -> dict[str, Any] | None:
@@ -97,7 +98,8 @@ class AgentRef:
             "name": self.name,
             "email": self.email,
             "roles": list(self.roles),
-            "approval_limit": money_json(self.approval_limit_minor, self.approval_currency),
+            "approval_limit": money_json(self.approval_limit_minor, self.approval_currency)
+            if self.approval_limit_minor else None,
         }
 
 
@@ -324,7 +326,8 @@ class EventView:
             "kind": self.kind,
             "actor": self.actor,
             "data": self.data,
-            "created_at": iso(self.created_at),
+            # Full precision: the exact value the hash covers.
+            "created_at": format_timestamp(self.created_at),
             "hash": self.hash,
             "prev_hash": self.prev_hash,
         }

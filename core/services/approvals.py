@@ -15,7 +15,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.lifecycle import Action
 from core.models import Approval
 from core.money import Money
-from core.services.common import agent_actor, check_text, get_agent, get_request, money_data
+from core.services.common import check_text, get_agent, get_request, money_data
 from core.services.workflow import ensure_transition, move
 from core.store import Store
 from core.views import ApprovalView

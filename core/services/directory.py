@@ -55,7 +55,7 @@ class Problems:
         lines = [f"{self.source}:{line}: {text}" for line, text in sorted(self.items, key=lambda item: item[0])]
         shown = lines[:MAX_REPORTED]
         more = f"\n… and {len(lines) - MAX_REPORTED} more" if len(lines) > MAX_REPORTED else ""
-        raise InvalidInput(f"nothing was imported; {len(lines)} bad row(s):\n" + "\n".join(shown) + more)
+        raise InvalidInput(f"nothing was imported; {len(lines)} problem(s):\n" + "\n".join(shown) + more)
 
 
 @dataclass(frozen=True)
@@ -223,8 +223,11 @@ def _parse(content: str, columns: tuple[str, ...], make: Callable[[int, dict[str
     header = tuple((h or "").strip() for h in (reader.fieldnames or ()))
     missing = [c for c in columns if c not in header]
     if missing:
+        hint = " (the file seems to use ';' between columns; save it with commas)" if (
+            len(header) == 1 and ";" in header[0]) else ""
         raise InvalidInput(
-            f"{problems.source}:1: the header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}"
+            f"{problems.source}:1: the header lacks column(s) {', '.join(missing)}; "
+            f"expected {','.join(columns)}{hint}"
         )
     rows = []
     for raw in reader:
@@ -263,7 +266,8 @@ def _required(values: dict[str, str], column: str) -> str:
 
 
 def _split(value: str) -> list[str]:
-    return [v.strip().lower() for v in value.split(";") if v.strip()]
+    """A ``;``-separated list, lower-cased, each item once, in first-seen order."""
+    return list(dict.fromkeys(v.strip().lower() for v in value.split(";") if v.strip()))
 
 
 def _customer_row(line: int, values: dict[str, str]) -> CustomerRow:
