@@ -94,41 +94,18 @@ def open_request(
         if category is None:
             category = "billing_dispute" if invoice is not None or disputed is not None else "general"
         request = Request(
-            number=_next_number(uow.session),
             subject=subject,
             channel=channel,
             category=check_category(category),
             priority=priority,
-            status=Status.NEW.value,
             requester_email=requester,
             customer=customer,
             opened_by=agent,
             invoice=invoice,
             disputed_amount_minor=disputed.minor if disputed else None,
             disputed_currency=disputed.currency if disputed else None,
-            created_at=uow.now,
-            updated_at=uow.now,
         )
-        uow.session.add(request)
-        message = _add_inbound(uow, request, mail, agent)
-        uow.record(
-            "request.opened",
-            actor=agent_actor(agent) if agent else f"customer:{requester}",
-            request=request,
-            data={
-                "key": request.key,
-                "channel": channel,
-                "subject": subject,
-                "requester": requester,
-                "customer_ref": customer.external_ref if customer else None,
-                "category": request.category,
-                "priority": priority,
-                "invoice": invoice.number if invoice else None,
-                "disputed_amount": money_data(disputed),
-                "message_id": message.id,
-                "status": {"from": None, "to": Status.NEW.value},
-            },
-        )
+        _log_new_request(uow, request, mail, agent)
         uow.commit()
         return RequestView.of(request)
 
@@ -339,36 +316,44 @@ def _follow_merges(uow: UnitOfWork, request: Request) -> Request:
 def _open_follow_up(uow: UnitOfWork, closed: Request, mail: InboundMail, agent: Agent | None) -> RequestView:
     """A reply to a closed request becomes a new request that points back to it."""
     request = Request(
-        number=_next_number(uow.session),
         subject=_clean_subject(mail.subject),
         channel="email",
         category=closed.category,
         priority=closed.priority,
-        status=Status.NEW.value,
         requester_email=check_email(mail.from_address, "sender"),
         customer=closed.customer,
         follows_up=closed,
-        created_at=uow.now,
-        updated_at=uow.now,
     )
+    _log_new_request(uow, request, mail, agent)
+    uow.commit()
+    return RequestView.of(request)
+
+
+def _log_new_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Agent | None) -> None:
+    """Number a new request, store its first message and record its one ``request.opened`` event."""
+    request.number = _next_number(uow.session)
+    request.status = Status.NEW.value
+    request.created_at = request.updated_at = uow.now
     uow.session.add(request)
     message = _add_inbound(uow, request, mail, agent)
+    disputed = (Money(request.disputed_amount_minor, request.disputed_currency)
+                if request.disputed_amount_minor is not None and request.disputed_currency else None)
     uow.record(
         "request.opened",
-        actor=agent_actor(agent) if agent else f"customer:{message.from_address}",
+        actor=agent_actor(agent) if agent else f"customer:{request.requester_email}",
         request=request,
         data={
             "key": request.key,
-            "channel": "email",
+            "channel": request.channel,
             "subject": request.subject,
             "requester": request.requester_email,
-            "customer_ref": closed.customer.external_ref if closed.customer else None,
+            "customer_ref": request.customer.external_ref if request.customer else None,
             "category": request.category,
             "priority": request.priority,
-            "follows_up": closed.key,
+            "invoice": request.invoice.number if request.invoice else None,
+            "disputed_amount": money_data(disputed),
+            "follows_up": request.follows_up.key if request.follows_up else None,
             "message_id": message.id,
             "status": {"from": None, "to": Status.NEW.value},
         },
     )
-    uow.commit()
-    return RequestView.of(request)

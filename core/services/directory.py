@@ -13,7 +13,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from datetime import date
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -147,19 +147,14 @@ def import_invoices(store: Store, content: str, *, source: str = "invoices.csv")
                 problems.add(row.line, f"no customer with reference {row.customer_ref!r}")
         problems.raise_if_any()
         existing = {i.number: i for i in uow.session.execute(select(Invoice)).scalars()}
-        created = updated = 0
-        for row in rows:
-            values = dict(customer_id=customers[row.customer_ref], amount_minor=row.amount_minor,
-                          currency=row.currency, issued_on=row.issued_on, due_on=row.due_on, status=row.status)
-            invoice = existing.get(row.number)
-            if invoice is None:
-                uow.session.add(Invoice(number=row.number, created_at=uow.now, updated_at=uow.now, **values))
-                created += 1
-            elif any(getattr(invoice, k) != v for k, v in values.items()):
-                for k, v in values.items():
-                    setattr(invoice, k, v)
-                invoice.updated_at = uow.now
-                updated += 1
+        outcomes = [
+            _upsert(uow, existing.get(row.number), Invoice, {"number": row.number}, {
+                "customer_id": customers[row.customer_ref], "amount_minor": row.amount_minor,
+                "currency": row.currency, "issued_on": row.issued_on, "due_on": row.due_on, "status": row.status,
+            })
+            for row in rows
+        ]
+        created, updated = outcomes.count("created"), outcomes.count("updated")
         return _finish(uow, "invoices", content, rows, created, updated, {})
 
 
@@ -177,7 +172,6 @@ def import_agents(store: Store, content: str, *, source: str = "agents.csv") -> 
             if owner != row.slack_user_id and owner not in in_file:
                 problems.add(row.line, f"{row.email} already belongs to agent {owner}")
         problems.raise_if_any()
-        created = updated = 0
         changes = []
         # Agents of the file may swap e-mail addresses: park the changing ones first.
         for row in rows:
@@ -185,23 +179,31 @@ def import_agents(store: Store, content: str, *, source: str = "agents.csv") -> 
             if agent is not None and agent.email != row.email:
                 agent.email = f"{agent.slack_user_id.lower()}.moving@invalid"
         uow.session.flush()
+        created = updated = 0
         for row in rows:
-            values = dict(email=row.email, name=row.name, roles=" ".join(row.roles),
-                          approval_limit_minor=row.approval_limit_minor, approval_currency=row.currency, active=True)
-            agent = existing.get(row.slack_user_id)
-            if agent is None:
-                uow.session.add(Agent(slack_user_id=row.slack_user_id, created_at=uow.now, updated_at=uow.now, **values))
-                created += 1
-            elif any(getattr(agent, k) != v for k, v in values.items()):
-                for k, v in values.items():
-                    setattr(agent, k, v)
-                agent.updated_at = uow.now
-                updated += 1
-            else:
+            outcome = _upsert(uow, existing.get(row.slack_user_id), Agent, {"slack_user_id": row.slack_user_id}, {
+                "email": row.email, "name": row.name, "roles": " ".join(row.roles),
+                "approval_limit_minor": row.approval_limit_minor, "approval_currency": row.currency, "active": True,
+            })
+            if outcome is None:
                 continue
+            created, updated = created + (outcome == "created"), updated + (outcome == "updated")
             changes.append({"slack_user_id": row.slack_user_id, "roles": list(row.roles),
                             "approval_limit": {"amount_minor": row.approval_limit_minor, "currency": row.currency}})
         return _finish(uow, "agents", content, rows, created, updated, {"changes": changes})
+
+
+def _upsert(uow: UnitOfWork, row: Any, model: type, key: dict[str, Any], values: dict[str, Any]) -> str | None:
+    """Insert or update one row; say which, or None when it already matched."""
+    if row is None:
+        uow.session.add(model(**key, **values, created_at=uow.now, updated_at=uow.now))
+        return "created"
+    if all(getattr(row, name) == value for name, value in values.items()):
+        return None
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.updated_at = uow.now
+    return "updated"
 
 
 def _finish(uow: UnitOfWork, kind: str, content: str, rows: list, created: int, updated: int,  # type: ignore[type-arg]
