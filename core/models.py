@@ -180,6 +180,18 @@ class Request(Base):
     first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # SLA: the policy chosen, the due time of each target (frozen once met),
+    # the start of the current next-reply clock, business seconds to first
+    # response and to resolution (for metrics), and the earliest moment a
+    # warning or breach is due to be recorded: the sweep's index.
+    sla_policy: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    first_response_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_reply_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_reply_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolution_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    first_response_business_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    resolution_business_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sla_next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True, nullable=True)
     # Compare-and-set guard: every UPDATE checks and bumps it.
     version: Mapped[int] = mapped_column(Integer, default=1)
 
@@ -284,7 +296,11 @@ class Event(Base):
     """
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_request_id_seq", "request_id", "seq"),)
+    __table_args__ = (
+        Index("ix_events_request_id_seq", "request_id", "seq"),
+        # Metrics count what happened in a period by kind (resolutions, reopens).
+        Index("ix_events_kind_created_at", "kind", "created_at"),
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), nullable=True)
@@ -306,6 +322,33 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SlaCrossing(Base):
+    """A warning or breach of one SLA target, recorded exactly once per clock cycle.
+
+    ``cycle_started_at`` tells next-reply cycles apart (each customer reply
+    starts a new one); first response and resolution have one cycle.
+    """
+
+    __tablename__ = "sla_crossings"
+    __table_args__ = (
+        UniqueConstraint("request_id", "target", "threshold", "cycle_started_at", name="uq_sla_crossings_once"),
+        CheckConstraint("target IN ('first_response', 'next_reply', 'resolution')", name="target"),
+        CheckConstraint("threshold IN ('warning', 'breach')", name="threshold"),
+        Index("ix_sla_crossings_recorded_at", "recorded_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    target: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[str] = mapped_column(String(8))
+    cycle_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    crossed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    request: Mapped[Request] = relationship()
 
 
 class Counter(Base):
