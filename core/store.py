@@ -27,7 +27,9 @@ from core.db import make_engine, make_session_factory, read_engine
 from core.errors import Conflict, StoreUnavailable
 from core.models import OutboxMessage, Request
 from core.notification_policy import outbox_for
+from core import sla_tracking
 from core.settings import Settings
+from core.sla import SlaConfig, load_sla_config
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,12 @@ class Store:
     engine: Engine
     clock: Clock = field(default_factory=SystemClock)
     settings: Settings = field(default_factory=Settings)
+    sla_config: SlaConfig = field(init=False, repr=False)
     _writes: sessionmaker[Session] = field(init=False, repr=False)
     _reads: sessionmaker[Session] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.sla_config = load_sla_config(self.settings.extra.get("sla") or {}, self.settings.timezone)
         self._writes = make_session_factory(self.engine)
         self._reads = make_session_factory(read_engine(self.engine))
 
@@ -133,12 +137,13 @@ class UnitOfWork:
         self._pending.append((PendingEvent(kind, actor, None, dict(data or {})), request))
 
     def commit(self) -> None:
-        """Flush the changes, append their events, write their outbox rows, commit."""
+        """Flush the changes, refresh SLA clocks, append the events, write their outbox rows, commit."""
         self.session.flush()  # assigns ids to new requests before events reference them
         pending = [
             (PendingEvent(item.kind, item.actor, request.id if request is not None else None, item.data), request)
             for item, request in self._pending
         ]
+        self._refresh_sla(pending)
         events = append_events(self.session, (p for p, _ in pending), self.now)
         for event, (item, request) in zip(events, pending):
             for draft in outbox_for(
@@ -164,6 +169,17 @@ class UnitOfWork:
         self.session.commit()
         self._committed = True
         self._pending.clear()
+
+    def _refresh_sla(self, pending: list[tuple[PendingEvent, Request | None]]) -> None:
+        """Move the due times of every request this transaction touched, before the chain is locked."""
+        touched: dict[int, Request] = {}
+        new_events: dict[int, list[tuple[str, str, datetime]]] = {}
+        for item, request in pending:
+            if request is None:
+                continue
+            touched[request.id] = request
+            new_events.setdefault(request.id, []).append((item.kind, canonical_json(item.data), self.now))
+        sla_tracking.refresh(self.session, self.store.sla_config, list(touched.values()), self.now, new_events)
 
     def lock_request(self, request_id: int) -> Request:
         """Load a request and lock its row until commit (SQLite already holds the write lock)."""
