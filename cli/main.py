@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from cli import output
+from cli import output, sla_command
 from core import migrate, queries, services
 from core.audit import verify_chain
 from core.errors import InvalidInput, SupportdeskError
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _requests_parser(top)
     _approvals_parser(top)
+    sla_command.register(top)
 
     audit = top.add_parser("audit", help="the audit trail").add_subparsers(
         title="audit commands", metavar="ACTION", required=True)

@@ -73,8 +73,7 @@ class Store:
             try:
                 yield session
             finally:
-                session.rollback()
-                session.close()
+                session.close()  # ends the transaction; loaded objects stay readable
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the database answers."""
