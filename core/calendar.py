@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -31,18 +32,9 @@ class Calendar:
     def is_open_on(self, day: date) -> bool:
         return bool(self.weekly[day.weekday()]) and day not in self.holidays
 
-    def day_intervals(self, day: date) -> list[tuple[datetime, datetime]]:
+    def day_intervals(self, day: date) -> tuple[tuple[datetime, datetime], ...]:
         """The UTC intervals in which the calendar is open on a local day."""
-        if not self.is_open_on(day):
-            return []
-        spans = []
-        for opens, closes in self.weekly[day.weekday()]:
-            start = datetime.combine(day, opens, tzinfo=self.tz).astimezone(timezone.utc)
-            end_day = day + timedelta(days=1) if closes == time(0, 0) else day
-            end = datetime.combine(end_day, closes, tzinfo=self.tz).astimezone(timezone.utc)
-            if end > start:
-                spans.append((start, end))
-        return spans
+        return _day_intervals(self, day)
 
     def open_intervals(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
         """Open intervals clipped to ``[start, end)``, in order, in UTC."""
@@ -92,6 +84,21 @@ class Calendar:
             if spans:
                 parts.append(f"{name} " + ",".join(f"{a:%H:%M}-{b:%H:%M}" for a, b in spans))
         return "; ".join(parts)
+
+
+@lru_cache(maxsize=65536)
+def _day_intervals(calendar: Calendar, day: date) -> tuple[tuple[datetime, datetime], ...]:
+    """Memoized: sweeps and explanations ask for the same days over and over; calendars are frozen."""
+    if not calendar.is_open_on(day):
+        return ()
+    spans = []
+    for opens, closes in calendar.weekly[day.weekday()]:
+        start = datetime.combine(day, opens, tzinfo=calendar.tz).astimezone(timezone.utc)
+        end_day = day + timedelta(days=1) if closes == time(0, 0) else day
+        end = datetime.combine(end_day, closes, tzinfo=calendar.tz).astimezone(timezone.utc)
+        if end > start:
+            spans.append((start, end))
+    return tuple(spans)
 
 
 def always_open(tz: ZoneInfo) -> Calendar:

@@ -114,6 +114,7 @@ class UnitOfWork:
         self.session: Session
         self.now: datetime
         self._pending: list[tuple[PendingEvent, Request | None]] = []
+        self._sla_fresh: set[int] = set()
         self._committed = False
         self._errors = translate_store_errors()
 
@@ -174,11 +175,15 @@ class UnitOfWork:
         touched: dict[int, Request] = {}
         new_events: dict[int, list[tuple[str, str, datetime]]] = {}
         for item, request in pending:
-            if request is None:
+            if request is None or request.id in self._sla_fresh:
                 continue
             touched[request.id] = request
             new_events.setdefault(request.id, []).append((item.kind, canonical_json(item.data), self.now))
         sla_tracking.refresh(self.session, self.store.sla_config, list(touched.values()), self.now, new_events)
+
+    def sla_is_fresh(self, request: Request) -> None:
+        """The caller has already brought this request's SLA columns up to date in this transaction."""
+        self._sla_fresh.add(request.id)
 
     def lock_request(self, request_id: int) -> Request:
         """Load a request and lock its row until commit (SQLite already holds the write lock)."""

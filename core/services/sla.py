@@ -68,18 +68,16 @@ def sweep(store: Store, now: datetime | None = None, *, batch: int = SWEEP_BATCH
                 return found
             ids = [r.id for r in requests]
             events, recorded = sla_tracking.load_events(uow.session, ids), sla_tracking.load_recorded(uow.session, ids)
-            quiet: list[Request] = []
             for request in requests:
                 clocks = sla_tracking.current_clocks(store.sla_config, request, events[request.id], moment)
-                due = sla_tracking.due_crossings(clocks, recorded[request.id], moment)
-                if not due:
-                    quiet.append(request)
-                for clock_, threshold, at in due:
+                done = recorded[request.id]
+                for clock_, threshold, at in sla_tracking.due_crossings(clocks, done, moment):
                     uow.session.add(SlaCrossing(
                         request=request, target=clock_.target, threshold=threshold,
                         cycle_started_at=clock_.started_at, due_at=clock_.due_at or at, crossed_at=at,
                         recorded_at=uow.now,
                     ))
+                    done.add((clock_.target, threshold, clock_.started_at))
                     uow.record(
                         "sla.warning" if threshold == "warning" else "sla.breached",
                         actor="system:sla", request=request,
@@ -90,9 +88,9 @@ def sweep(store: Store, now: datetime | None = None, *, batch: int = SWEEP_BATCH
                         request.key, clock_.target, threshold, clock_.due_at or at, at, clock_.started_at,
                         request.assignee.slack_user_id if request.assignee else None, request.priority,
                     ))
-            uow.session.flush()
-            # Requests with crossings are refreshed by the commit; the rest only move their next check.
-            sla_tracking.refresh(uow.session, store.sla_config, quiet, moment)
+                # Recording a crossing changes no clock: only the next check moves.
+                sla_tracking.apply(request, sla_tracking.policy_of(store.sla_config, request), clocks, done)
+                uow.sla_is_fresh(request)
             uow.commit()
         if len(requests) < batch:
             return found

@@ -63,8 +63,8 @@ def test_add_business_time(calendar: Calendar, start: datetime, seconds: int, ex
 def test_utc_offsets_move_with_dst_but_opening_hours_do_not() -> None:
     cal = berlin_office()
     winter, summer = cal.day_intervals(date(2026, 3, 27)), cal.day_intervals(date(2026, 3, 30))
-    assert winter == [(datetime(2026, 3, 27, 8, tzinfo=UTC), datetime(2026, 3, 27, 16, tzinfo=UTC))]
-    assert summer == [(datetime(2026, 3, 30, 7, tzinfo=UTC), datetime(2026, 3, 30, 15, tzinfo=UTC))]
+    assert winter == ((datetime(2026, 3, 27, 8, tzinfo=UTC), datetime(2026, 3, 27, 16, tzinfo=UTC)),)
+    assert summer == ((datetime(2026, 3, 30, 7, tzinfo=UTC), datetime(2026, 3, 30, 15, tzinfo=UTC)),)
 
 
 def test_split_opening_hours_and_weekend_days() -> None:
