@@ -151,6 +151,13 @@ class Request(Base):
         CheckConstraint("channel IN ('email', 'slack', 'cli')", name="channel"),
         CheckConstraint("disputed_amount_minor IS NULL OR disputed_amount_minor >= 0", name="disputed_amount"),
         Index("ix_requests_status_created_at", "status", "created_at"),
+        # Metrics (core/metrics.py) select requests by the moment something
+        # happened in a period, and find open SLA breaches by due time instead
+        # of scanning the whole backlog.
+        Index("ix_requests_first_response_at_due_at", "first_response_at", "first_response_due_at"),
+        Index("ix_requests_first_assigned_at", "first_assigned_at"),
+        Index("ix_requests_status_resolution_due_at", "status", "resolution_due_at"),
+        Index("ix_requests_next_reply_due_at", "next_reply_due_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -265,6 +272,8 @@ class Approval(Base):
         CheckConstraint("status IN ('pending', 'approved', 'rejected', 'withdrawn')", name="status"),
         CheckConstraint("amount_minor > 0", name="amount_positive"),
         Index("ix_approvals_status", "status"),
+        # Metrics: adjustments decided in a period.
+        Index("ix_approvals_decided_at", "decided_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -300,6 +309,8 @@ class Event(Base):
         Index("ix_events_request_id_seq", "request_id", "seq"),
         # Metrics count what happened in a period by kind (resolutions, reopens).
         Index("ix_events_kind_created_at", "kind", "created_at"),
+        # Metrics: the backlog at a past moment replays only the events since then.
+        Index("ix_events_created_at", "created_at"),
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
