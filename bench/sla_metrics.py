@@ -45,6 +45,7 @@ UTC = timezone.utc
 NOW = datetime(2026, 6, 15, 15, 1, tzinfo=UTC)
 MORNING = datetime(2026, 6, 15, 9, 0, tzinfo=UTC)
 CHUNK = 20_000
+HISTORY_DAYS = 730
 CATEGORIES = ["technical"] * 4 + ["billing_dispute"] * 2 + ["account"] * 2 + ["general"] * 2
 PRIORITIES = ["urgent"] + ["high"] * 3 + ["normal"] * 10 + ["low"] * 3
 OPEN_STATES = ["new"] * 2 + ["assigned"] * 6 + ["waiting_on_customer"] * 2
@@ -64,7 +65,11 @@ class Builder:
         self.seq = 0
 
     def add_open(self, count: int) -> None:
-        """``count`` open requests created over the last 30 days, next checks in the future."""
+        """``count`` open requests created over the last two years, next checks in the future.
+
+        A desk reaches a million requests over years, not weeks: about 1,400
+        a day here, so a 30-day window holds some 40,000 of them.
+        """
         with self.store.engine.begin() as conn:
             agent_id = conn.execute(select(Agent.id)).scalar_one()
         self._sync_seq()
@@ -72,7 +77,7 @@ class Builder:
             requests, events = [], []
             for _ in range(min(CHUNK, count - start)):
                 self.number += 1
-                created = NOW - timedelta(seconds=self.rng.randint(3600, 30 * 86400))
+                created = NOW - timedelta(seconds=self.rng.randint(3600, HISTORY_DAYS * 86400))
                 state = self.rng.choice(OPEN_STATES)
                 assigned = state != "new"
                 requests.append({
