@@ -142,12 +142,9 @@ def _requests_parser(top: Any) -> None:
         ("reply", "send a reply to the customer (by e-mail)", services.reply),
         ("note", "add an internal note (never sent)", services.add_note),
     ):
-        p = req.add_parser(name, help=help_text)
-        p.add_argument("key")
+        p = _action(req, name, help_text, handler=_message)
         p.add_argument("--body", required=True)
-        _actor(p)
-        _json_flag(p)
-        p.set_defaults(handler=_message, service=fn)
+        p.set_defaults(service=fn)
 
     simple: list[tuple[str, str, Callable[..., Any]]] = [
         ("claim", "take a new request", services.claim),
@@ -157,68 +154,50 @@ def _requests_parser(top: Any) -> None:
         ("close", "close a resolved request", services.close),
     ]
     for name, help_text, fn in simple:
-        p = req.add_parser(name, help=help_text)
-        p.add_argument("key")
-        _actor(p)
-        _json_flag(p)
-        p.set_defaults(handler=_request_action, call=lambda a, s, fn=fn: fn(s, a.key, actor=a.actor))
+        _action(req, name, help_text, lambda a, s, fn=fn: fn(s, a.key, actor=a.actor))
 
-    p = req.add_parser("assign", help="assign or reassign to an agent")
-    p.add_argument("key")
-    p.add_argument("--to", required=True, metavar="SLACK_USER_ID")
-    _actor(p)
-    _json_flag(p)
-    p.set_defaults(handler=_request_action, call=lambda a, s: services.assign(s, a.key, to=a.to, actor=a.actor))
+    _action(req, "assign", "assign or reassign to an agent",
+            lambda a, s: services.assign(s, a.key, to=a.to, actor=a.actor),
+            ).add_argument("--to", required=True, metavar="SLACK_USER_ID")
 
-    p = req.add_parser("resolve", help="resolve with a note (refused while an approval is pending)")
-    p.add_argument("key")
+    p = _action(req, "resolve", "resolve with a note (refused while an approval is pending)",
+                lambda a, s: services.resolve(s, a.key, note=a.note, code=a.code, actor=a.actor))
     p.add_argument("--note", required=True)
     p.add_argument("--code", help="resolution code, e.g. fixed, refunded, duplicate")
-    _actor(p)
-    _json_flag(p)
-    p.set_defaults(handler=_request_action,
-                   call=lambda a, s: services.resolve(s, a.key, note=a.note, code=a.code, actor=a.actor))
 
-    p = req.add_parser("merge", help="close KEY as a duplicate of another request")
-    p.add_argument("key")
-    p.add_argument("--into", required=True, metavar="KEY")
-    _actor(p)
-    _json_flag(p)
-    p.set_defaults(handler=_request_action, call=lambda a, s: services.merge(s, a.key, into=a.into, actor=a.actor))
+    _action(req, "merge", "close KEY as a duplicate of another request",
+            lambda a, s: services.merge(s, a.key, into=a.into, actor=a.actor),
+            ).add_argument("--into", required=True, metavar="KEY")
 
-    p = req.add_parser("priority", help="set the priority")
-    p.add_argument("key")
-    p.add_argument("priority", choices=("urgent", "high", "normal", "low"))
-    _actor(p)
-    _json_flag(p)
-    p.set_defaults(handler=_request_action,
-                   call=lambda a, s: services.set_priority(s, a.key, a.priority, actor=a.actor))
+    _action(req, "priority", "set the priority",
+            lambda a, s: services.set_priority(s, a.key, a.priority, actor=a.actor),
+            ).add_argument("priority", choices=("urgent", "high", "normal", "low"))
 
-    p = req.add_parser("category", help="set the category")
-    p.add_argument("key")
-    p.add_argument("category")
-    _actor(p)
-    _json_flag(p)
-    p.set_defaults(handler=_request_action,
-                   call=lambda a, s: services.set_category(s, a.key, a.category, actor=a.actor))
+    _action(req, "category", "set the category",
+            lambda a, s: services.set_category(s, a.key, a.category, actor=a.actor),
+            ).add_argument("category")
 
-    p = req.add_parser("link-customer", help="link the request to a customer of the master")
-    p.add_argument("key")
-    p.add_argument("--customer", required=True, metavar="REF")
-    _actor(p)
-    _json_flag(p)
-    p.set_defaults(handler=_request_action,
-                   call=lambda a, s: services.link_customer(s, a.key, a.customer, actor=a.actor))
+    _action(req, "link-customer", "link the request to a customer of the master",
+            lambda a, s: services.link_customer(s, a.key, a.customer, actor=a.actor),
+            ).add_argument("--customer", required=True, metavar="REF")
 
-    p = req.add_parser("link-invoice", help="link an invoice of the customer, and the disputed amount")
-    p.add_argument("key")
+    p = _action(req, "link-invoice", "link an invoice of the customer, and the disputed amount",
+                lambda a, s: services.link_invoice(s, a.key, a.invoice,
+                                                   disputed=_optional_money(a.amount, a.currency), actor=a.actor))
     p.add_argument("--invoice", required=True, metavar="NUMBER")
     p.add_argument("--amount", metavar="DECIMAL")
     p.add_argument("--currency", metavar="CUR")
+
+
+def _action(actions: Any, name: str, help_text: str, call: Callable[..., Any] | None = None, *,
+            handler: Handler | None = None) -> argparse.ArgumentParser:
+    """A ``requests ACTION KEY ... --as ID [--json]`` command; the caller adds its own options."""
+    p = actions.add_parser(name, help=help_text)
+    p.add_argument("key")
     _actor(p)
     _json_flag(p)
-    p.set_defaults(handler=_request_action, call=lambda a, s: services.link_invoice(
-        s, a.key, a.invoice, disputed=_optional_money(a.amount, a.currency), actor=a.actor))
+    p.set_defaults(handler=handler or _request_action, call=call)
+    return p
 
 
 def _approvals_parser(top: Any) -> None:
