@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import event, func, insert, select, text, update
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -233,6 +233,7 @@ def report_metrics(store: Store) -> None:
     from core import metrics
 
     today = NOW.astimezone(store.settings.tz).date()
+    checkpoint(store)
     for days in (1, 30):
         period = metrics.period_from_dates(today - timedelta(days=days), today, store.settings.tz, today)
         times = []
@@ -242,6 +243,38 @@ def report_metrics(store: Store) -> None:
             times.append((time.perf_counter() - t0) * 1000)
         print(f"  full metrics for {days:>2} day(s): median {statistics.median(times):7.1f} ms "
               f"(goal: under 2,000 ms)")
+    print("  metrics query plans (table access of each query, 30 days):")
+    for line in metrics_plans(store, metrics.period_from_dates(today - timedelta(days=30), today,
+                                                               store.settings.tz, today)):
+        print(f"    {line}")
+
+
+def metrics_plans(store: Store, period: object) -> list[str]:
+    """How each query of one metrics report reaches its rows: SEARCH (an index) or SCAN."""
+    from core import metrics
+
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            statements.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        metrics.compute_metrics(store, period, now=NOW)  # type: ignore[arg-type]
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    lines = []
+    raw = store.engine.raw_connection()
+    try:
+        for n, (statement, parameters) in enumerate(statements, 1):
+            steps = [row[-1] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters)]
+            access = [step for step in steps if step.startswith(("SEARCH", "SCAN"))
+                      and not step.startswith(("SCAN (subquery", "SCAN ranked", "SCAN vals"))]
+            lines.append(f"query {n}: " + "; ".join(access or steps))
+    finally:
+        raw.close()
+    return lines
 
 
 def main() -> int:
