@@ -824,12 +824,15 @@ def _open_breaches(session: Session, by: str | None, now: datetime) -> dict[Key,
     def count(target: ColumnElement[Any]) -> ColumnElement[int]:
         return func.sum(case((breaches.c.target == target, 1), else_=0))
 
-    stmt = select(key.label("g"), count(first).label("first"), count(reply).label("reply"),
-                  count(resolution).label("resolution"),
-                  func.count(sa.distinct(breaches.c.request_id)).label("requests")) \
-        .select_from(_from_requests(by, sa.join(breaches, _requests, Request.id == breaches.c.request_id)))
+    totals = (count(first).label("first"), count(reply).label("reply"), count(resolution).label("resolution"),
+              func.count(sa.distinct(breaches.c.request_id)).label("requests"))
     if by:
-        stmt = stmt.group_by(key)
+        stmt = select(key.label("g"), *totals) \
+            .select_from(_from_requests(by, sa.join(breaches, _requests, Request.id == breaches.c.request_id))) \
+            .group_by(key)
+    else:
+        # Without a split the breaches carry all that is counted: no join back to the requests.
+        stmt = select(sa.literal(None).label("g"), *totals).select_from(breaches)
     return {row.g: (int(row.first or 0), int(row.reply or 0), int(row.resolution or 0), int(row.requests))
             for row in session.execute(stmt) if row.requests}
 
