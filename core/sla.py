@@ -102,7 +102,11 @@ def _parse_hours(value: Any, where: str) -> tuple[tuple[time, time], ...]:
         if closes != time(0) and closes <= opens:
             raise InvalidInput(f"{where}: {item!r} closes before it opens")
         spans.append((opens, closes))
-    return tuple(sorted(spans))
+    spans.sort()
+    for (_, earlier_close), (later_open, _) in zip(spans, spans[1:]):
+        if earlier_close == time(0) or later_open < earlier_close:
+            raise InvalidInput(f"{where}: opening hours {value!r} overlap")
+    return tuple(spans)
 
 
 def parse_calendar(name: str, table: Mapping[str, Any], default_tz: str) -> Calendar:
@@ -225,9 +229,6 @@ class TargetClock:
     met_at: datetime | None
     pauses: tuple[Interval, ...]
 
-    @property
-    def is_running(self) -> bool:
-        return self.state in ("on_track", "warning", "breached") and self.met_at is None
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,9 @@ class Timeline:
     first_response_at: datetime | None
     resolved_at: datetime | None
     next_reply_started_at: datetime | None
+    # The last next-reply cycle that a reply closed: (started, answered). Kept
+    # so a reply sent late, before any sweep ran, still leaves its breach.
+    last_reply_cycle: tuple[datetime, datetime] | None = None
 
 
 def running_intervals(start: datetime, end: datetime, pauses: Iterable[Interval]) -> list[tuple[datetime, datetime]]:
@@ -319,15 +323,24 @@ def clocks(timeline: Timeline, policy: Policy, now: datetime, warning_ratio: flo
     if timeline.next_reply_started_at is not None:
         result["next_reply"] = clock("next_reply", policy, timeline.next_reply_started_at, None,
                                      pauses, now, warning_ratio)
+    if timeline.last_reply_cycle is not None:
+        started, answered = timeline.last_reply_cycle
+        result["next_reply_answered"] = clock("next_reply", policy, started, answered, pauses, now, warning_ratio)
     return result
 
 
 def thresholds(clock_: TargetClock) -> list[tuple[str, datetime]]:
-    """The warning and breach moments of a running clock."""
-    if not clock_.is_running:
-        return []
-    return [(name, moment) for name, moment in (("warning", clock_.warn_at), ("breach", clock_.due_at))
-            if moment is not None]
+    """The warning and breach moments that have happened or will, while the clock runs.
+
+    A clock met, or paused, after a threshold passed still has that
+    threshold: it happened, even if no sweep ran in between. A met clock has
+    none after the moment it was met; a paused one knows only the past ones.
+    """
+    moments = [(name, moment) for name, moment in (("warning", clock_.warn_at), ("breach", clock_.due_at))
+               if moment is not None]
+    if clock_.met_at is not None:
+        return [(name, moment) for name, moment in moments if moment <= clock_.met_at]
+    return moments
 
 
 def next_check(all_clocks: Mapping[str, TargetClock], recorded: set[tuple[str, str, datetime]]) -> datetime | None:

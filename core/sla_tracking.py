@@ -33,6 +33,7 @@ def build_timeline(request: Request, events: Sequence[EventRow]) -> Timeline:
     paused_since: datetime | None = None
     answered_once = False
     unanswered_since: datetime | None = None
+    last_cycle: tuple[datetime, datetime] | None = None
     for kind, data_text, at in events:
         data = json.loads(data_text)
         status = data.get("status") if isinstance(data, dict) else None
@@ -44,6 +45,8 @@ def build_timeline(request: Request, events: Sequence[EventRow]) -> Timeline:
                 pauses.append((paused_since, at))
                 paused_since = None
         if kind in OUTBOUND_KINDS:
+            if unanswered_since is not None:
+                last_cycle = (unanswered_since, at)
             answered_once, unanswered_since = True, None
         elif kind in INBOUND_KINDS and answered_once and unanswered_since is None:
             unanswered_since = at
@@ -55,6 +58,7 @@ def build_timeline(request: Request, events: Sequence[EventRow]) -> Timeline:
         first_response_at=request.first_response_at,
         resolved_at=request.resolved_at,
         next_reply_started_at=unanswered_since,
+        last_reply_cycle=last_cycle,
     )
 
 

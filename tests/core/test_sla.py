@@ -199,3 +199,22 @@ def test_defaults_match_the_issue() -> None:
     assert config.warning_ratio == 0.75
     assert config.priorities["normal"].calendar.weekly[0] == ((time(9), time(17)),)
     assert config.priorities["normal"].calendar.weekly[5] == ()
+
+
+def test_overlapping_opening_hours_are_refused() -> None:
+    with pytest.raises(InvalidInput, match="overlap"):
+        load_sla_config({"calendars": {"business": {"hours": {"mon": "09:00-17:00, 12:00-18:00"}}}}, "UTC")
+    with pytest.raises(InvalidInput, match="overlap"):
+        load_sla_config({"calendars": {"business": {"hours": {"fri": "20:00-24:00, 21:00-22:00"}}}}, "UTC")
+
+
+def test_a_met_clock_keeps_the_thresholds_it_passed_and_none_after() -> None:
+    from core.sla import thresholds
+
+    start = at("2026-01-05 09:00", BERLIN)
+    late = clock("first_response", NORMAL, start, at("2026-01-06 12:00", BERLIN), (), at("2026-01-07 09:00", BERLIN),
+                 0.75)
+    assert [name for name, _ in thresholds(late)] == ["warning", "breach"]
+    early = clock("first_response", NORMAL, start, at("2026-01-05 10:00", BERLIN), (), at("2026-01-07 09:00", BERLIN),
+                  0.75)
+    assert thresholds(early) == []

@@ -243,3 +243,32 @@ def test_explain_unknown_key(store: Store) -> None:
 
     with pytest.raises(NotFound, match="there is no request SR-9"):
         sla.explain(store, "SR-9")
+
+
+def test_a_breach_met_or_paused_before_any_sweep_is_still_recorded(store: Store, clock: FixedClock) -> None:
+    """Sweeps run every minute at best: a target missed, then met or paused in between, still leaves its breach."""
+    seed(store)
+    late_reply, late_pause, on_time = (open_request(store, subject=s).key for s in ("late", "paused", "on time"))
+    services.claim(store, late_pause, actor=AGENT)
+    clock.set(t("2026-01-05 10:00"))
+    services.reply(store, on_time, "quick", actor=AGENT)
+    clock.set(t("2026-01-06 10:00"))  # every first response was due Monday 17:00
+    services.reply(store, late_reply, "sorry for the wait", actor=AGENT)
+    services.wait_on_customer(store, late_pause, actor=AGENT)
+    found = {(c.request_key, c.target, c.threshold) for c in sla.sweep(store) if c.target == "first_response"}
+    assert found == {(late_reply, "first_response", "warning"), (late_pause, "first_response", "warning"),
+                     (late_reply, "first_response", "breach"), (late_pause, "first_response", "breach")}
+    assert [c for c in sla.sweep(store) if c.target == "first_response"] == []
+
+
+def test_a_late_next_reply_sent_before_any_sweep_is_recorded(store: Store, clock: FixedClock) -> None:
+    seed(store)
+    key = open_request(store).key
+    services.reply(store, key, "first", actor=AGENT)
+    clock.set(t("2026-01-05 10:00"))
+    services.add_inbound_message(store, key, services.InboundMail("jane@acme.test", "Re", "?", message_id="<x@a.t>"))
+    clock.set(t("2026-01-06 12:00"))  # the next reply was due Tuesday 10:00
+    services.reply(store, key, "late answer", actor=AGENT)
+    assert row(store, key).sla_next_check_at is not None  # the missed thresholds wait for the sweep
+    found = [(c.target, c.threshold, c.crossed_at) for c in sla.sweep(store) if c.target == "next_reply"]
+    assert found == [("next_reply", "warning", t("2026-01-05 16:00")), ("next_reply", "breach", t("2026-01-06 10:00"))]
