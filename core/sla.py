@@ -230,7 +230,6 @@ class TargetClock:
     pauses: tuple[Interval, ...]
 
 
-
 @dataclass(frozen=True)
 class Timeline:
     """What the clocks need to know about a request, from its row and its events."""
