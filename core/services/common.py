@@ -35,13 +35,25 @@ def parse_key(key: str) -> int:
     return number
 
 
-def get_request(uow: UnitOfWork, key: str) -> Request:
-    """The request named by ``key``, locked for the rest of the transaction."""
+def request_id_of(uow: UnitOfWork, key: str) -> int:
+    """The id of the request named by ``key``, without locking it."""
     number = parse_key(key)
     request_id = uow.session.execute(select(Request.id).where(Request.number == number)).scalar_one_or_none()
     if request_id is None:
         raise NotFound(f"there is no request SR-{number}")
-    return uow.lock_request(request_id)
+    return request_id
+
+
+def get_request(uow: UnitOfWork, key: str) -> Request:
+    """The request named by ``key``, locked for the rest of the transaction."""
+    return uow.lock_request(request_id_of(uow, key))
+
+
+def disputed_of(request: Request) -> Money | None:
+    """The amount in dispute recorded on a request, if any."""
+    if request.disputed_amount_minor is None or request.disputed_currency is None:
+        return None
+    return Money(request.disputed_amount_minor, request.disputed_currency)
 
 
 def get_agent(session: Session, slack_user_id: str) -> Agent:

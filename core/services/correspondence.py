@@ -23,6 +23,7 @@ from core.services.common import (
     check_email,
     check_priority,
     check_text,
+    disputed_of,
     find_customer_by_address,
     get_agent,
     get_request,
@@ -336,8 +337,6 @@ def _log_new_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent
     request.created_at = request.updated_at = uow.now
     uow.session.add(request)
     message = _add_inbound(uow, request, mail, agent)
-    disputed = (Money(request.disputed_amount_minor, request.disputed_currency)
-                if request.disputed_amount_minor is not None and request.disputed_currency else None)
     uow.record(
         "request.opened",
         actor=agent_actor(agent) if agent else f"customer:{request.requester_email}",
@@ -351,7 +350,7 @@ def _log_new_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent
             "category": request.category,
             "priority": request.priority,
             "invoice": request.invoice.number if request.invoice else None,
-            "disputed_amount": money_data(disputed),
+            "disputed_amount": money_data(disputed_of(request)),
             "follows_up": request.follows_up.key if request.follows_up else None,
             "message_id": message.id,
             "status": {"from": None, "to": Status.NEW.value},

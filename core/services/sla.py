@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from core import sla_tracking
 from core.errors import NotFound
@@ -62,6 +63,7 @@ def sweep(store: Store, now: datetime | None = None, *, batch: int = SWEEP_BATCH
                 .where(Request.sla_next_check_at <= moment)
                 .order_by(Request.sla_next_check_at)
                 .limit(batch)
+                .options(selectinload(Request.assignee))  # named in every crossing: one query, not one each
                 .with_for_update(skip_locked=True)
             ).scalars())
             if not requests:

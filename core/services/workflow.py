@@ -21,6 +21,7 @@ from core.services.common import (
     check_disputed,
     check_priority,
     check_text,
+    disputed_of,
     get_agent,
     get_customer,
     get_request,
@@ -28,6 +29,7 @@ from core.services.common import (
     money_data,
     parse_key,
     refuse_if_closed,
+    request_id_of,
 )
 from core.store import Store, UnitOfWork
 from core.views import RequestView
@@ -126,7 +128,7 @@ def merge(store: Store, key: str, *, into: str, actor: str) -> RequestView:
         raise InvalidInput(f"cannot merge {key} into itself")
     with store.unit_of_work() as uow:
         agent = get_agent(uow.session, actor)
-        source_id, target_id = (_request_id(uow, k) for k in (key, into))
+        source_id, target_id = (request_id_of(uow, k) for k in (key, into))
         for request_id in sorted((source_id, target_id)):
             uow.lock_request(request_id)
         source, target = uow.session.get(Request, source_id), uow.session.get(Request, target_id)
@@ -193,7 +195,7 @@ def link_invoice(
                 f"invoice {invoice.number} belongs to another customer, not {request.customer.external_ref}"
             )
         # A disputed amount recorded earlier must fit the invoice now linked.
-        check = disputed or _disputed_of(request)
+        check = disputed or disputed_of(request)
         if check is not None:
             check_disputed(check, invoice)
         request.invoice = invoice
@@ -207,14 +209,6 @@ def link_invoice(
         return _commit(uow, request)
 
 
-def _request_id(uow: UnitOfWork, key: str) -> int:
-    number = parse_key(key)
-    request_id = uow.session.execute(select(Request.id).where(Request.number == number)).scalar_one_or_none()
-    if request_id is None:
-        raise NotFound(f"there is no request SR-{number}")
-    return request_id
-
-
 def _agent_and_request(uow: UnitOfWork, key: str, actor: str, doing: str) -> tuple[Agent, Request]:
     agent = get_agent(uow.session, actor)
     request = get_request(uow, key)
@@ -225,9 +219,9 @@ def _agent_and_request(uow: UnitOfWork, key: str, actor: str, doing: str) -> tup
 def ensure_transition(uow: UnitOfWork, request: Request, action: Action) -> Status:
     """The state ``action`` leads to, or a refusal that says who changed the request last."""
     before = Status(request.status)
-    if not is_allowed(before, action):
-        next_status(request.key, before, action, last_change=last_change(uow.session, request))
-    return next_status(request.key, before, action)
+    # Who changed it last costs a query, so it is looked up only for a refusal.
+    last = None if is_allowed(before, action) else last_change(uow.session, request)
+    return next_status(request.key, before, action, last_change=last)
 
 
 def move(
@@ -261,12 +255,6 @@ def _set_field(store: Store, key: str, actor: str, field: str, value: str, kind:
         request.updated_at = uow.now
         uow.record(kind, actor=agent_actor(agent), request=request, data={field: value, "previous": previous})
         return _commit(uow, request)
-
-
-def _disputed_of(request: Request) -> Money | None:
-    if request.disputed_amount_minor is None or request.disputed_currency is None:
-        return None
-    return Money(request.disputed_amount_minor, request.disputed_currency)
 
 
 def _has_pending_approval(uow: UnitOfWork, request: Request) -> bool:

@@ -6,10 +6,10 @@ database access would, and checks that verification names the first bad event.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from cli.main import main
 from core import services
@@ -35,6 +35,19 @@ def build_history(store: Store, clock: FixedClock) -> RequestView:
     services.reply(store, view.key, "Looking into it", actor=AGENT)  # 6
     services.resolve(store, view.key, note="Refunded", actor=AGENT)  # 7
     return view
+
+
+def insert_forged(conn: Connection, store: Store, *, seq: int, prev: str, actor: str, kind: str,
+                  data: dict[str, object], at: datetime) -> None:
+    """Insert a well-formed, correctly hashed event the way someone with database access could."""
+    text_data = canonical_json(data)
+    digest = event_hash(prev, seq=seq, request_id=None, actor=actor, kind=kind, data=text_data, created_at=at)
+    conn.execute(
+        text("INSERT INTO events (seq, request_id, actor, kind, data, created_at, prev_hash, hash) "
+             "VALUES (:s, NULL, :a, :k, :d, :t, :p, :h)"),
+        {"s": seq, "a": actor, "k": kind, "d": text_data, "t": at.replace(tzinfo=None) if store.is_sqlite else at,
+         "p": prev, "h": digest},
+    )
 
 
 def execute(store: Store, sql: str, **params: object) -> None:
@@ -123,17 +136,9 @@ def test_event_appended_behind_the_service_layer_is_named(store: Store, clock: F
     """A correctly chained forged row at the end still disagrees with the head."""
     build_history(store, clock)
     with store.engine.begin() as conn:
-        tip = conn.execute(text("SELECT hash, created_at FROM events WHERE seq = 7")).mappings().one()
-        now = clock.now()
-        data = canonical_json({"approval_id": 99})
-        forged = event_hash(tip["hash"], seq=8, request_id=None, actor="agent:UEVIL", kind="approval.approved",
-                            data=data, created_at=now)
-        stored_time = now.replace(tzinfo=None) if store.is_sqlite else now
-        conn.execute(
-            text("INSERT INTO events (seq, request_id, actor, kind, data, created_at, prev_hash, hash) "
-                 "VALUES (8, NULL, 'agent:UEVIL', 'approval.approved', :d, :t, :p, :h)"),
-            {"d": data, "t": stored_time, "p": tip["hash"], "h": forged},
-        )
+        tip = conn.execute(text("SELECT hash FROM events WHERE seq = 7")).scalar_one()
+        insert_forged(conn, store, seq=8, prev=tip, actor="agent:UEVIL", kind="approval.approved",
+                      data={"approval_id": 99}, at=clock.now())
     result = verify(store)
     assert (result.ok, result.first_bad_seq) == (False, 8)
     assert "behind the service layer" in (result.problem or "")
@@ -146,14 +151,7 @@ def test_event_inserted_in_the_middle_is_named(store: Store, clock: FixedClock) 
         for seq in range(7, 4, -1):
             conn.execute(text("UPDATE events SET seq = :n WHERE seq = :o"), {"n": seq + 1, "o": seq})
         prev = conn.execute(text("SELECT hash FROM events WHERE seq = 4")).scalar_one()
-        now = clock.now()
-        data = canonical_json({})
-        forged = event_hash(prev, seq=5, request_id=None, actor="system", kind="noise", data=data, created_at=now)
-        conn.execute(
-            text("INSERT INTO events (seq, request_id, actor, kind, data, created_at, prev_hash, hash) "
-                 "VALUES (5, NULL, 'system', 'noise', :d, :t, :p, :h)"),
-            {"d": data, "t": now.replace(tzinfo=None) if store.is_sqlite else now, "p": prev, "h": forged},
-        )
+        insert_forged(conn, store, seq=5, prev=prev, actor="system", kind="noise", data={}, at=clock.now())
         conn.execute(text("UPDATE audit_head SET last_seq = 8"))
     result = verify(store)
     assert (result.ok, result.first_bad_seq) == (False, 6)
