@@ -199,6 +199,9 @@ class Request(Base):
     first_response_business_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     resolution_business_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sla_next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True, nullable=True)
+    # Unguessable: in our reply addresses and Message-IDs, so a customer's
+    # answer finds its request even when the mail client drops the headers.
+    reply_token: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
     # Compare-and-set guard: every UPDATE checks and bumps it.
     version: Mapped[int] = mapped_column(Integer, default=1)
 
@@ -235,7 +238,15 @@ class Message(Base):
     from_address: Mapped[str | None] = mapped_column(String(320), nullable=True)
     to_addresses: Mapped[str | None] = mapped_column(Text, nullable=True)
     subject: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    # For mail: the new part of the message, quoted history removed ...
     body_text: Mapped[str] = mapped_column(Text)
+    # ... and the whole text as received, when it differs.
+    full_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Sender authentication from the trusted upstream: pass, fail or none.
+    auth_verdict: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    auth_summary: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # What the gateway noticed, space-separated codes: unknown_sender, unverified_sender, invoice_not_found ...
+    flags: Mapped[str | None] = mapped_column(String(500), nullable=True)
     author_agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), nullable=True)
     # True for the acknowledgment and other mail nobody typed.
     is_automatic: Mapped[bool] = mapped_column(default=False)
@@ -259,6 +270,8 @@ class Attachment(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     content: Mapped[bytes] = mapped_column(LargeBinary)
     is_inline: Mapped[bool] = mapped_column(default=False)
+    # For inline images: the Content-ID the HTML body refers to (cid:...).
+    content_id: Mapped[str | None] = mapped_column(String(998), nullable=True)
 
     message: Mapped[Message] = relationship(back_populates="attachments")
 
@@ -397,3 +410,66 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class InboundMail(Base):
+    """One message as the gateway received it, byte for byte, before anything else.
+
+    Committed before the SMTP ``250``; the processor files it afterwards
+    (opens or joins a request, or quarantines it with a reason code), so a
+    crash or a parser failure after acceptance never loses it. The raw bytes'
+    SHA-256 is unique: a delivery repeated by the sending server is stored once.
+    """
+
+    __tablename__ = "inbound_mail"
+    __table_args__ = (
+        CheckConstraint("status IN ('received', 'processed', 'quarantined')", name="status"),
+        CheckConstraint("source IN ('smtp', 'ingest')", name="source"),
+        Index("ix_inbound_mail_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(8))
+    # The SMTP envelope: "" is the null sender (bounces); NULL when unknown (an ingested file).
+    envelope_from: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recipients: Mapped[str] = mapped_column(Text, default="")  # one address per line
+    peer: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    helo: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(12), default="received")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # opened, joined, duplicate or quarantined; how it was threaded; why it is not a normal request.
+    outcome: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    matched_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True, nullable=True)
+    message_row_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), nullable=True)
+    # A summary read at filing time, for the quarantine list.
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True, nullable=True)
+    from_address: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AddressHealth(Base):
+    """Addresses our mail bounced from: automatic mail to them is held back.
+
+    A bounce of our own mail marks the address failing; the next message
+    that address sends us clears it.
+    """
+
+    __tablename__ = "address_health"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    failing: Mapped[bool] = mapped_column(default=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -35,7 +35,7 @@ def outbox_for(
     if request_key is None:
         return drafts
     base = {"request_key": request_key}
-    if kind == "request.opened" and channel == "email" and not data.get("is_automatic_sender", False):
+    if kind == "request.opened" and channel == "email" and data.get("acknowledge", True):
         drafts.append(OutboxDraft("email", "acknowledgment", base))
     elif kind in _EMAIL_BY_KIND:
         drafts.append(OutboxDraft("email", _EMAIL_BY_KIND[kind], {**base, **_message_ref(data)}))
@@ -43,7 +43,7 @@ def outbox_for(
         return drafts
     if kind.startswith("approval."):
         drafts.append(OutboxDraft("slack", "approval_card", {**base, "approval_id": data["approval_id"]}))
-    if kind in ("message.inbound", "request.customer_replied") and "message_id" in data:
+    if kind in ("message.inbound", "message.automatic", "request.customer_replied") and "message_id" in data:
         drafts.append(OutboxDraft("slack", "thread_mirror", {**base, "message_id": data["message_id"]}))
     if kind not in _CARD_SILENT:
         drafts.append(OutboxDraft("slack", "triage_card", base))

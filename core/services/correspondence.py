@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from hashlib import sha256
 
@@ -31,6 +30,7 @@ from core.services.common import (
     refuse_if_closed,
 )
 from core.store import Store, UnitOfWork
+from core.reply_tokens import new_message_id, new_token
 from core.views import MessageView, RequestView
 
 MAX_SUBJECT = 998
@@ -43,6 +43,7 @@ class NewAttachment:
     content_type: str
     content: bytes
     is_inline: bool = False
+    content_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ class InboundMail:
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     attachments: tuple[NewAttachment, ...] = ()
+    # What the e-mail gateway adds: the whole text when ``body_text`` is the
+    # reply without its quoted history, the sender authentication verdict,
+    # what it noticed, and whether a machine sent it.
+    full_text: str | None = None
+    auth_verdict: str | None = None
+    auth_summary: str | None = None
+    flags: tuple[str, ...] = ()
+    is_automatic: bool = False
 
 
 def open_request(
@@ -84,7 +93,7 @@ def open_request(
     subject = _clean_subject(mail.subject)
     priority = check_priority(priority)
     with store.unit_of_work() as uow:
-        existing = _request_of_message(uow.session, mail.message_id)
+        existing = request_of_message(uow.session, mail.message_id)
         if existing is not None:
             return RequestView.of(existing)
         agent = _acting_agent(uow.session, channel, actor, "open a request")
@@ -106,7 +115,7 @@ def open_request(
             disputed_amount_minor=disputed.minor if disputed else None,
             disputed_currency=disputed.currency if disputed else None,
         )
-        _log_new_request(uow, request, mail, agent)
+        log_new_request(uow, request, mail, agent)
         uow.commit()
         return RequestView.of(request)
 
@@ -120,28 +129,45 @@ def add_inbound_message(store: Store, key: str, mail: InboundMail, *, actor: str
     request the message joined.
     """
     with store.unit_of_work() as uow:
-        existing = _request_of_message(uow.session, mail.message_id)
+        existing = request_of_message(uow.session, mail.message_id)
         if existing is not None:
             return RequestView.of(existing)
         agent = get_agent(uow.session, actor) if actor else None
         if agent is not None:
             require_agent(agent, "record a customer message")
-        request = _follow_merges(uow, get_request(uow, key))
-        if request.status == Status.CLOSED:
-            return _open_follow_up(uow, request, mail, agent)
-        message = _add_inbound(uow, request, mail, agent)
-        before = Status(request.status)
-        after = next_status(request.key, before, Action.CUSTOMER_REPLIED)
-        _apply_customer_reply(request, before, after, uow)
-        uow.record(
-            "request.customer_replied" if after != before else "message.inbound",
-            actor=agent_actor(agent) if agent else f"customer:{message.from_address}",
-            request=request,
-            data={"message_id": message.id, "from": message.from_address,
-                  "status": {"from": before.value, "to": after.value}},
-        )
+        joined = join_request(uow, get_request(uow, key), mail, agent)
         uow.commit()
-        return RequestView.of(request)
+        return RequestView.of(joined)
+
+
+def join_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Agent | None) -> Request:
+    """Put a customer's message on ``request`` inside the caller's transaction; returns where it landed.
+
+    Merged requests forward to their survivor, a closed request gets a
+    follow-up request, a resolved one reopens, one waiting on the customer
+    goes back to assigned. Mail a machine sent (an out-of-office answer) is
+    kept on the request but changes nothing and stops no clock.
+    """
+    request = _follow_merges(uow, request)
+    if request.status == Status.CLOSED and not mail.is_automatic:
+        return _open_follow_up(uow, request, mail, agent)
+    message = _add_inbound(uow, request, mail, agent)
+    actor = agent_actor(agent) if agent else f"customer:{message.from_address}"
+    if mail.is_automatic:
+        uow.record("message.automatic", actor=actor, request=request,
+                   data={"message_id": message.id, "from": message.from_address})
+        return request
+    before = Status(request.status)
+    after = next_status(request.key, before, Action.CUSTOMER_REPLIED)
+    _apply_customer_reply(request, before, after, uow)
+    uow.record(
+        "request.customer_replied" if after != before else "message.inbound",
+        actor=actor,
+        request=request,
+        data={"message_id": message.id, "from": message.from_address,
+              "status": {"from": before.value, "to": after.value}},
+    )
+    return request
 
 
 def reply(store: Store, key: str, body: str, *, actor: str) -> MessageView:
@@ -166,7 +192,7 @@ def reply(store: Store, key: str, body: str, *, actor: str) -> MessageView:
         message = Message(
             request=request,
             direction="outbound",
-            message_id=f"<{uuid.uuid4().hex}.{request.key.lower()}@{store.settings.mail_domain}>",
+            message_id=new_message_id(token_of(request), store.settings.mail_domain),
             in_reply_to=last_inbound.message_id if last_inbound else None,
             references=" ".join(references[-20:]) or None,
             from_address=store.settings.support_addresses[0],
@@ -210,6 +236,12 @@ def add_note(store: Store, key: str, body: str, *, actor: str) -> MessageView:
         return MessageView.of(message)
 
 
+def token_of(request: Request) -> str:
+    """The request's reply token; requests logged before tokens existed get theirs from the migration."""
+    assert request.reply_token, f"{request.key} has no reply token"
+    return request.reply_token
+
+
 def reply_subject(request: Request) -> str:
     base = _REPLY_PREFIX.sub("", request.subject).strip()
     tag = f"[{request.key}]"
@@ -234,7 +266,7 @@ def _acting_agent(session: Session, channel: str, actor: str | None, doing: str)
     return agent
 
 
-def _request_of_message(session: Session, message_id: str | None) -> Request | None:
+def request_of_message(session: Session, message_id: str | None) -> Request | None:
     if not message_id:
         return None
     return session.execute(
@@ -277,8 +309,12 @@ def _add_inbound(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Ag
         to_addresses=",".join(mail.to_addresses) or None,
         subject=_clean_subject(mail.subject),
         body_text=mail.body_text or "",
+        full_text=mail.full_text if mail.full_text and mail.full_text != mail.body_text else None,
+        auth_verdict=mail.auth_verdict,
+        auth_summary=(mail.auth_summary or "")[:500] or None,
+        flags=" ".join(mail.flags)[:500] or None,
         author=agent,
-        is_automatic=False,
+        is_automatic=mail.is_automatic,
         created_at=uow.now,
     )
     for item in mail.attachments:
@@ -290,6 +326,7 @@ def _add_inbound(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Ag
                 sha256=sha256(item.content).hexdigest(),
                 content=item.content,
                 is_inline=item.is_inline,
+                content_id=item.content_id,
             )
         )
     uow.session.add(message)
@@ -314,7 +351,7 @@ def _follow_merges(uow: UnitOfWork, request: Request) -> Request:
     return request
 
 
-def _open_follow_up(uow: UnitOfWork, closed: Request, mail: InboundMail, agent: Agent | None) -> RequestView:
+def _open_follow_up(uow: UnitOfWork, closed: Request, mail: InboundMail, agent: Agent | None) -> Request:
     """A reply to a closed request becomes a new request that points back to it."""
     request = Request(
         subject=_clean_subject(mail.subject),
@@ -325,14 +362,26 @@ def _open_follow_up(uow: UnitOfWork, closed: Request, mail: InboundMail, agent: 
         customer=closed.customer,
         follows_up=closed,
     )
-    _log_new_request(uow, request, mail, agent)
-    uow.commit()
-    return RequestView.of(request)
+    log_new_request(uow, request, mail, agent)
+    return request
 
 
-def _log_new_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Agent | None) -> None:
-    """Number a new request, store its first message and record its one ``request.opened`` event."""
+def log_new_request(
+    uow: UnitOfWork,
+    request: Request,
+    mail: InboundMail,
+    agent: Agent | None,
+    *,
+    acknowledge: bool = True,
+    extra: dict[str, object] | None = None,
+) -> Message:
+    """Number a new request, store its first message and record its one ``request.opened`` event.
+
+    ``acknowledge`` False keeps the automatic acknowledgment from being
+    mailed (machine mail, rate limits, released quarantine).
+    """
     request.number = _next_number(uow.session)
+    request.reply_token = new_token()
     request.status = Status.NEW.value
     request.created_at = request.updated_at = uow.now
     uow.session.add(request)
@@ -354,5 +403,10 @@ def _log_new_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent
             "follows_up": request.follows_up.key if request.follows_up else None,
             "message_id": message.id,
             "status": {"from": None, "to": Status.NEW.value},
+            "acknowledge": acknowledge and request.channel == "email" and not mail.is_automatic,
+            **({"flags": list(mail.flags)} if mail.flags else {}),
+            **({"auth": mail.auth_verdict} if mail.auth_verdict else {}),
+            **(extra or {}),
         },
     )
+    return message
