@@ -412,7 +412,7 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
-class InboundMail(Base):
+class ReceivedMail(Base):
     """One message as the gateway received it, byte for byte, before anything else.
 
     Committed before the SMTP ``250``; the processor files it afterwards

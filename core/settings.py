@@ -9,6 +9,7 @@ Nothing in the code base reads the environment anywhere else.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -55,6 +56,16 @@ class Settings:
     slash_command: str = "/sd"
     timezone: str = "UTC"
     digest_time: str = "09:00"
+    # The mail gateway.
+    smtp_max_message_size: int = 25 * 1024 * 1024
+    smtp_max_sessions: int = 100
+    outbound_smtp_starttls: bool = False
+    outbound_smtp_user: str | None = None
+    outbound_smtp_password: str | None = field(default=None, repr=False)
+    authserv_ids: tuple[str, ...] = ()
+    invoice_pattern: str | None = None
+    new_requests_per_sender_hour: int = 20
+    acks_per_sender_hour: int = 3
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -71,6 +82,14 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+
+_INT_FIELDS = {
+    "smtp_max_message_size": (1024, 2**31 - 1),
+    "smtp_max_sessions": (1, 100_000),
+    "new_requests_per_sender_hour": (1, 1_000_000),
+    "acks_per_sender_hour": (0, 1_000_000),
+}
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 # variable name -> (field name, parser)
 _ENV_PREFIX = "SUPPORTDESK_"
@@ -106,6 +125,28 @@ def _parse_field(name: str, raw: Any) -> Any:
         if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
             raise InvalidInput(f"{env_name}={raw!r} must be a time like 09:00")
         return f"{int(hh):02d}:{int(mm):02d}"
+    if name in _INT_FIELDS:
+        low, high = _INT_FIELDS[name]
+        text = str(raw).strip()
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise InvalidInput(f"{env_name}={raw!r} must be a whole number from {low} to {high}")
+        return int(text)
+    if name == "outbound_smtp_starttls":
+        text = str(raw).strip().lower()
+        if text not in _BOOLEANS:
+            raise InvalidInput(f"{env_name}={raw!r} must be true or false")
+        return _BOOLEANS[text]
+    if name == "authserv_ids":
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        return tuple(str(a).strip().lower() for a in items if str(a).strip())
+    if name == "invoice_pattern":
+        value = str(raw).strip()
+        if value:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise InvalidInput(f"{env_name}={raw!r} is not a valid regular expression: {exc}") from exc
+        return value or None
     if name == "slash_command":
         value = str(raw).strip()
         return value if value.startswith("/") else "/" + value

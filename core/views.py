@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from core.audit import format_timestamp
-from core.models import Agent, Approval, Attachment, Customer, Event, Invoice, Message, Request
+from core.models import Agent, Approval, Attachment, Customer, Event, Invoice, Message, ReceivedMail, Request
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -212,6 +212,43 @@ class AttachmentView:
 
 
 @dataclass(frozen=True)
+class QuarantinedMailView:
+    """A received message that did not open or join a normal request, and why."""
+
+    id: int
+    received_at: datetime
+    reason: str | None
+    from_address: str | None
+    envelope_from: str | None
+    subject: str | None
+    message_id: str | None
+    size: int
+    related_request: str | None
+    last_error: str | None
+    released_by: str | None
+
+    @classmethod
+    def of(cls, row: ReceivedMail, related_request: str | None) -> QuarantinedMailView:
+        return cls(row.id, row.received_at, row.reason, row.from_address, row.envelope_from, row.subject,
+                   row.message_id, row.size, related_request, row.last_error, row.released_by)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": iso(self.received_at),
+            "reason": self.reason,
+            "from": self.from_address,
+            "envelope_from": self.envelope_from,
+            "subject": self.subject,
+            "message_id": self.message_id,
+            "size": self.size,
+            "related_request": self.related_request,
+            "error": self.last_error,
+            "released_by": self.released_by,
+        }
+
+
+@dataclass(frozen=True)
 class MessageView:
     id: int
     direction: str
@@ -224,6 +261,9 @@ class MessageView:
     is_automatic: bool
     created_at: datetime
     attachments: tuple[AttachmentView, ...]
+    full_text: str | None = None
+    auth_verdict: str | None = None
+    flags: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, message: Message) -> MessageView:
@@ -239,6 +279,9 @@ class MessageView:
             is_automatic=message.is_automatic,
             created_at=message.created_at,
             attachments=tuple(AttachmentView.of(a) for a in message.attachments),
+            full_text=message.full_text,
+            auth_verdict=message.auth_verdict,
+            flags=tuple((message.flags or "").split()),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -254,6 +297,9 @@ class MessageView:
             "automatic": self.is_automatic,
             "created_at": iso(self.created_at),
             "attachments": [a.to_json() for a in self.attachments],
+            "full_body": self.full_text if self.full_text is not None else self.body_text,
+            "auth": self.auth_verdict,
+            "flags": list(self.flags),
         }
 
 

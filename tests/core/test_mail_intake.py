@@ -1,0 +1,415 @@
+"""Filing received mail: threading, customer identification, finance, loops, quarantine. Both databases."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from core import services
+from core.clock import FixedClock
+from core.errors import NotFound, PermissionDenied, TransitionRefused
+from core.models import AddressHealth, Event, Message, OutboxMessage, ReceivedMail, Request
+from core.money import parse_amount
+from core.reply_tokens import reply_address
+from core.services.correspondence import InboundMail
+from core.services.mail_intake import (
+    MAX_FILING_ATTEMPTS,
+    IncomingMail,
+    RawMail,
+    accept_raw_mail,
+    file_inbound,
+    list_quarantine,
+    pending_inbound_ids,
+    quarantine_unreadable,
+    record_filing_failure,
+    release_quarantined,
+)
+from core.store import Store
+from tests import factories as f
+from tests.core.snapshots import unchanged
+
+SUPPORT = "support@localhost"
+
+
+def received(store: Store, body: bytes = b"Subject: x\r\n\r\nhello\r\n", *, envelope_from: str | None = "jane@acme.test",
+             recipients: tuple[str, ...] = (SUPPORT,)) -> int:
+    """Accept one raw message and return its id."""
+    accept_raw_mail(store, [RawMail(body, envelope_from, recipients)])
+    with store.read() as session:
+        return session.execute(select(func.max(ReceivedMail.id))).scalar_one()
+
+
+_counter = iter(range(1, 10**9))
+
+
+def incoming(
+    sender: str = "jane@acme.test",
+    subject: str = "Charged twice",
+    *,
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    references: tuple[str, ...] = (),
+    to: tuple[str, ...] = (),
+    automatic: str | None = None,
+    auth: str = "pass",
+    subject_keys: tuple[int, ...] = (),
+    invoices: tuple[str, ...] = (),
+    amounts: tuple[str, ...] = (),
+    bounced_recipients: tuple[str, ...] = (),
+    bounced_message_ids: tuple[str, ...] = (),
+) -> IncomingMail:
+    return IncomingMail(
+        mail=InboundMail(
+            from_address=sender, subject=subject, body_text="Please help.",
+            message_id=message_id if message_id is not None else f"<m{next(_counter)}@acme.test>",
+            in_reply_to=in_reply_to, references=references, to_addresses=to,
+            full_text="Please help.\n\n> quoted history", auth_verdict=auth, auth_summary=f"dmarc={auth}",
+        ),
+        automatic=automatic,
+        subject_keys=subject_keys,
+        invoice_numbers=invoices,
+        amounts=tuple(parse_amount(a.split()[0], a.split()[1]) for a in amounts),
+        bounced_recipients=bounced_recipients,
+        bounced_message_ids=bounced_message_ids,
+    )
+
+
+def file_new(store: Store, mail: IncomingMail, **kwargs: object):  # type: ignore[no-untyped-def]
+    return file_inbound(store, received(store, f"X-N: {next(_counter)}\r\n\r\nx\r\n".encode(), **kwargs), mail)
+
+
+def outbox_topics(store: Store) -> list[str]:
+    with store.read() as session:
+        return list(session.execute(select(OutboxMessage.topic).order_by(OutboxMessage.id)).scalars())
+
+
+def row(store: Store, inbound_id: int) -> ReceivedMail:
+    with store.read() as session:
+        return session.get(ReceivedMail, inbound_id)  # type: ignore[return-value]
+
+
+def token_of(store: Store, key: str) -> str:
+    with store.read() as session:
+        return session.execute(select(Request.reply_token).where(Request.number == int(key[3:]))).scalar_one()
+
+
+# --- acceptance --------------------------------------------------------------------------------
+
+
+def test_the_same_bytes_are_stored_once(store: Store) -> None:
+    item = RawMail(b"Subject: a\r\n\r\nbody\r\n", "a@x.test", (SUPPORT,), peer="127.0.0.1", helo="client")
+    assert accept_raw_mail(store, [item, item]) == 1
+    assert accept_raw_mail(store, [item]) == 0
+    with store.read() as session:
+        rows = session.execute(select(ReceivedMail)).scalars().all()
+    assert len(rows) == 1
+    assert rows[0].raw == item.raw and rows[0].envelope_from == "a@x.test" and rows[0].status == "received"
+    assert rows[0].recipients == SUPPORT and rows[0].peer == "127.0.0.1" and rows[0].size == len(item.raw)
+
+
+def test_the_null_sender_is_kept_apart_from_an_unknown_one(store: Store) -> None:
+    accept_raw_mail(store, [RawMail(b"a\r\n", "", (SUPPORT,)), RawMail(b"b\r\n", None, ())])
+    with store.read() as session:
+        assert sorted(session.execute(select(ReceivedMail.envelope_from)).scalars(), key=str) == ["", None]
+
+
+def test_pending_lists_unfiled_mail_oldest_first(store: Store) -> None:
+    first, second = received(store, b"1\r\n"), received(store, b"2\r\n")
+    assert pending_inbound_ids(store) == [first, second]
+    f.seed(store)
+    file_inbound(store, first, incoming())
+    assert pending_inbound_ids(store) == [second]
+
+
+# --- opening -----------------------------------------------------------------------------------
+
+
+def test_new_mail_opens_a_request_acknowledged_and_marked_filed(store: Store) -> None:
+    f.seed(store)
+    inbound_id = received(store)
+    result = file_inbound(store, inbound_id, incoming(message_id="<first@acme.test>"))
+    assert (result.outcome, result.request_key, result.reason) == ("opened", "SR-1", None)
+    detail = services_detail(store, "SR-1")
+    assert detail.request.customer.external_ref == "C-VER"
+    assert detail.messages[0].body_text == "Please help."
+    assert detail.messages[0].full_text == "Please help.\n\n> quoted history"
+    assert detail.messages[0].auth_verdict == "pass"
+    assert outbox_topics(store) == ["acknowledgment"]
+    filed = row(store, inbound_id)
+    assert (filed.status, filed.outcome, filed.message_id) == ("processed", "opened", "<first@acme.test>")
+    assert filed.request_id is not None and filed.message_row_id is not None
+
+
+def test_filing_twice_files_once(store: Store) -> None:
+    f.seed(store)
+    inbound_id = received(store)
+    mail = incoming()
+    first = file_inbound(store, inbound_id, mail)
+    again = file_inbound(store, inbound_id, mail)
+    assert again.request_key == first.request_key == "SR-1" and again.outcome == "opened"
+    with store.read() as session:
+        assert session.execute(select(func.count()).select_from(Request)).scalar_one() == 1
+
+
+def test_the_same_message_id_from_different_bytes_is_a_duplicate(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming(message_id="<same@acme.test>"))
+    result = file_new(store, incoming(message_id="<same@acme.test>"))
+    assert (result.outcome, result.request_key, result.reason) == ("duplicate", "SR-1", "duplicate_message_id")
+    assert outbox_topics(store) == ["acknowledgment"]
+
+
+def test_unknown_sender_opens_a_request_without_customer_flagged(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming("stranger@elsewhere.test"))
+    detail = services_detail(store, "SR-1")
+    assert detail.request.customer is None
+    assert detail.messages[0].flags == ("unknown_sender",)
+
+
+def test_unauthenticated_mail_is_never_linked_to_a_verified_customer(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming("billing@acme.test", auth="none", invoices=("INV-100",), amounts=("100.00 EUR",)))
+    detail = services_detail(store, "SR-1")
+    assert detail.request.customer is None and detail.request.invoice is None
+    assert "unverified_sender" in detail.messages[0].flags
+    with store.read() as session:
+        data = json.loads(session.execute(select(Event.data).where(Event.kind == "request.opened")).scalar_one())
+    assert data["candidate_customer"] == "C-VER"
+
+
+def test_unauthenticated_mail_still_links_a_customer_whose_kyc_is_not_verified(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming("ops@pending.test", auth="none"))
+    assert services_detail(store, "SR-1").request.customer.external_ref == "C-PEND"
+
+
+def test_an_invoice_of_the_customer_is_linked_with_the_disputed_amount(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming(invoices=("INV-100",), amounts=("5000.00 EUR", "80.00 USD", "120.00 EUR")))
+    request = services_detail(store, "SR-1").request
+    assert request.category == "billing_dispute" and request.invoice.number == "INV-100"
+    # 5000 EUR is more than the invoice and USD is the wrong currency: the first amount that fits is used.
+    assert (request.disputed_amount_minor, request.disputed_currency) == (12000, "EUR")
+
+
+def test_an_invoice_of_another_customer_is_flagged_never_linked(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming(invoices=("INV-200", "INV-999"), amounts=("10.00 EUR",)))
+    detail = services_detail(store, "SR-1")
+    assert detail.request.invoice is None and detail.request.category == "general"
+    assert detail.request.disputed_amount_minor is None
+    assert "invoice_not_found" in detail.messages[0].flags
+    with store.read() as session:
+        data = json.loads(session.execute(select(Event.data).where(Event.kind == "request.opened")).scalar_one())
+    assert data["unmatched_invoices"] == ["INV-200", "INV-999"]
+
+
+# --- threading ---------------------------------------------------------------------------------
+
+
+def test_a_reply_to_our_reply_address_joins_by_token(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming())
+    token = token_of(store, "SR-1")
+    result = file_inbound(
+        store, received(store, b"2\r\n", recipients=(reply_address(SUPPORT, token),)),
+        incoming("someone@else.test", "totally new subject"),
+    )
+    assert (result.outcome, result.request_key, result.matched_by) == ("joined", "SR-1", "reply_token")
+
+
+def test_a_reply_to_our_message_id_joins_by_token_even_when_the_message_is_unknown(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming())
+    token = token_of(store, "SR-1")
+    result = file_new(store, incoming(in_reply_to=f"<ack.outbox-1.{token}@localhost>"))
+    assert (result.outcome, result.request_key, result.matched_by) == ("joined", "SR-1", "header")
+
+
+def test_references_to_a_stored_message_join(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming(message_id="<orig@acme.test>"))
+    result = file_new(store, incoming("colleague@acme.test", references=("<x@y>", "<orig@acme.test>")))
+    assert (result.outcome, result.request_key, result.matched_by) == ("joined", "SR-1", "header")
+
+
+def test_a_subject_tag_is_trusted_from_the_requester_and_the_same_customer_only(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming())
+    by_requester = file_new(store, incoming(subject_keys=(1,)))
+    by_colleague = file_new(store, incoming("billing@acme.test", subject_keys=(1,)))
+    by_stranger = file_new(store, incoming("mallory@evil.test", subject_keys=(1,)))
+    assert (by_requester.outcome, by_requester.matched_by) == ("joined", "subject_tag")
+    assert (by_colleague.outcome, by_colleague.request_key) == ("joined", "SR-1")
+    assert (by_stranger.outcome, by_stranger.request_key) == ("opened", "SR-2")
+
+
+def test_a_reply_to_a_resolved_request_reopens_it_and_to_a_closed_one_opens_a_follow_up(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming(message_id="<orig@acme.test>"))
+    services.claim(store, "SR-1", actor=f.AGENT)
+    services.resolve(store, "SR-1", note="Refunded", actor=f.AGENT)
+    file_new(store, incoming(in_reply_to="<orig@acme.test>"))
+    assert services_detail(store, "SR-1").request.status == "assigned"
+    services.resolve(store, "SR-1", note="Refunded", actor=f.AGENT)
+    services.close(store, "SR-1", actor=f.AGENT)
+    result = file_new(store, incoming(in_reply_to="<orig@acme.test>"))
+    assert (result.outcome, result.request_key) == ("joined", "SR-2")
+    assert services_detail(store, "SR-2").request.follows_up == "SR-1"
+
+
+# --- machine mail and loops --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["auto_reply", "list_mail", "null_sender", "mailer_daemon", "too_many_hops"])
+def test_machine_mail_that_threads_nowhere_is_quarantined_and_never_acknowledged(store: Store, reason: str) -> None:
+    f.seed(store)
+    result = file_new(store, incoming(automatic=reason))
+    assert (result.outcome, result.reason, result.request_key) == ("quarantined", reason, None)
+    assert outbox_topics(store) == []
+    assert [q.reason for q in list_quarantine(store)] == [reason]
+
+
+def test_an_auto_reply_on_a_request_is_kept_there_and_changes_nothing(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming(message_id="<orig@acme.test>"))
+    services.claim(store, "SR-1", actor=f.AGENT)
+    services.wait_on_customer(store, "SR-1", actor=f.AGENT)
+    result = file_new(store, incoming(automatic="auto_reply", in_reply_to="<orig@acme.test>"))
+    assert (result.outcome, result.reason) == ("joined", "auto_reply")
+    detail = services_detail(store, "SR-1")
+    assert detail.request.status == "waiting_on_customer"
+    assert detail.messages[-1].is_automatic
+
+
+def test_our_own_loop_header_or_address_is_quarantined_as_a_loop(store: Store) -> None:
+    f.seed(store)
+    assert file_new(store, incoming(automatic="loop")).reason == "loop"
+    assert file_new(store, incoming(SUPPORT)).reason == "loop"
+
+
+def test_a_bounce_of_our_mail_marks_the_address_failing_until_it_writes_again(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming("ops@pending.test"))
+    token = token_of(store, "SR-1")
+    result = file_new(store, incoming("mailer-daemon@mx.pending.test", automatic="bounce",
+                                      bounced_recipients=("ops@pending.test",),
+                                      bounced_message_ids=(f"<ack.outbox-1.{token}@localhost>",)),
+                      envelope_from="")
+    assert (result.outcome, result.reason, result.request_key) == ("quarantined", "bounce", "SR-1")
+    with store.read() as session:
+        health = session.get(AddressHealth, "ops@pending.test")
+        assert health is not None and health.failing and health.failures == 1
+    # A new request from a failing address is not acknowledged ...
+    file_new(store, incoming("ops@pending.test", "another"))
+    assert outbox_topics(store).count("acknowledgment") == 1
+    with store.read() as session:
+        assert session.get(AddressHealth, "ops@pending.test").failing is False  # ... and it is alive again
+
+
+def test_a_bounce_of_somebody_elses_mail_marks_nothing(store: Store) -> None:
+    f.seed(store)
+    result = file_new(store, incoming("mailer-daemon@x.test", automatic="bounce",
+                                      bounced_recipients=("ops@pending.test",),
+                                      bounced_message_ids=("<foreign@x.test>",)))
+    assert result.reason == "bounce" and result.request_key is None
+    with store.read() as session:
+        assert session.get(AddressHealth, "ops@pending.test") is None
+
+
+def test_mail_only_to_postmaster_is_quarantined(store: Store) -> None:
+    f.seed(store)
+    assert file_new(store, incoming(), recipients=("postmaster",)).reason == "postmaster"
+
+
+def test_mail_without_a_usable_sender_is_quarantined(store: Store) -> None:
+    f.seed(store)
+    assert file_new(store, incoming(""), envelope_from="").reason == "no_sender"
+
+
+def test_acknowledgments_and_new_requests_per_sender_are_limited(store: Store, clock: FixedClock) -> None:
+    settings_limits = store.settings.acks_per_sender_hour, store.settings.new_requests_per_sender_hour
+    assert settings_limits == (3, 20)
+    f.seed(store)
+    results = [file_new(store, incoming(subject=f"s{n}")) for n in range(21)]
+    assert [r.outcome for r in results] == ["opened"] * 20 + ["quarantined"]
+    assert results[-1].reason == "rate_limited"
+    assert outbox_topics(store) == ["acknowledgment"] * 3
+    clock.advance(timedelta(hours=1, seconds=1))
+    assert file_new(store, incoming(subject="later")).outcome == "opened"
+    assert outbox_topics(store) == ["acknowledgment"] * 4
+
+
+# --- quarantine --------------------------------------------------------------------------------
+
+
+def test_release_files_the_message_without_the_check_that_held_it_and_without_ack(store: Store) -> None:
+    f.seed(store)
+    held = file_new(store, incoming(automatic="auto_reply"))
+    with unchanged(store):
+        with pytest.raises(NotFound):
+            release_quarantined(store, 999, actor=f.AGENT)
+        with pytest.raises(PermissionDenied):
+            release_quarantined(store, held.inbound_id, actor=f.MANAGER)
+    view = release_quarantined(store, held.inbound_id, actor=f.AGENT)
+    assert view.released_by == f.AGENT
+    with pytest.raises(TransitionRefused):
+        release_quarantined(store, held.inbound_id, actor=f.AGENT)
+    result = file_inbound(store, held.inbound_id, incoming(automatic="auto_reply"))
+    assert (result.outcome, result.request_key) == ("opened", "SR-1")
+    assert outbox_topics(store) == []
+    assert list_quarantine(store) == []
+    assert [q.id for q in list_quarantine(store, include_released=True)] == [held.inbound_id]
+    with store.read() as session:
+        kinds = list(session.execute(select(Event.kind).order_by(Event.seq)).scalars())
+    assert kinds[-3:] == ["mail.quarantined", "mail.released", "request.opened"]
+
+
+def test_unreadable_mail_is_quarantined_with_its_error_and_raw_kept(store: Store) -> None:
+    inbound_id = received(store, b"\x00garbage")
+    result = quarantine_unreadable(store, inbound_id, "unparseable", "nested too deep")
+    assert (result.outcome, result.reason) == ("quarantined", "unparseable")
+    [view] = list_quarantine(store)
+    assert view.last_error == "nested too deep" and row(store, inbound_id).raw == b"\x00garbage"
+
+
+def test_a_message_that_keeps_failing_is_quarantined_after_the_last_attempt(store: Store) -> None:
+    inbound_id = received(store)
+    outcomes = [record_filing_failure(store, inbound_id, f"boom {n}") for n in range(MAX_FILING_ATTEMPTS)]
+    assert outcomes == [False] * (MAX_FILING_ATTEMPTS - 1) + [True]
+    filed = row(store, inbound_id)
+    assert (filed.status, filed.reason, filed.last_error) == ("quarantined", "processing_failed", "boom 4")
+
+
+def test_two_processors_filing_the_same_message_file_it_once(store: Store) -> None:
+    f.seed(store)
+    inbound_id = received(store)
+    mail = incoming()
+    results = []
+
+    def work() -> None:
+        results.append(file_inbound(store, inbound_id, mail))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # The others either waited and saw it filed (SQLite) or skipped the locked row (PostgreSQL).
+    assert {(r.outcome, r.request_key) for r in results} <= {("opened", "SR-1"), ("in_progress", None)}
+    assert ("opened", "SR-1") in {(r.outcome, r.request_key) for r in results}
+    with store.read() as session:
+        assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 1
+    assert outbox_topics(store) == ["acknowledgment"]
+
+
+def services_detail(store: Store, key: str):  # type: ignore[no-untyped-def]
+    """The request with its messages, as the rest of the product sees it."""
+    from core.queries import get_request_detail
+
+    return get_request_detail(store, key)
