@@ -90,7 +90,7 @@ def open_request(
     if channel not in CHANNELS:
         raise InvalidInput(f"channel {channel!r} is not one of {', '.join(CHANNELS)}")
     requester = check_email(mail.from_address, "requester")
-    subject = _clean_subject(mail.subject)
+    subject = clean_subject(mail.subject)
     priority = check_priority(priority)
     with store.unit_of_work() as uow:
         existing = request_of_message(uow.session, mail.message_id)
@@ -135,12 +135,14 @@ def add_inbound_message(store: Store, key: str, mail: InboundMail, *, actor: str
         agent = get_agent(uow.session, actor) if actor else None
         if agent is not None:
             require_agent(agent, "record a customer message")
-        joined = join_request(uow, get_request(uow, key), mail, agent)
+        joined, _message = join_request(uow, get_request(uow, key), mail, agent)
         uow.commit()
         return RequestView.of(joined)
 
 
-def join_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Agent | None) -> Request:
+def join_request(
+    uow: UnitOfWork, request: Request, mail: InboundMail, agent: Agent | None
+) -> tuple[Request, Message]:
     """Put a customer's message on ``request`` inside the caller's transaction; returns where it landed.
 
     Merged requests forward to their survivor, a closed request gets a
@@ -156,7 +158,7 @@ def join_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Ag
     if mail.is_automatic:
         uow.record("message.automatic", actor=actor, request=request,
                    data={"message_id": message.id, "from": message.from_address})
-        return request
+        return request, message
     before = Status(request.status)
     after = next_status(request.key, before, Action.CUSTOMER_REPLIED)
     _apply_customer_reply(request, before, after, uow)
@@ -167,7 +169,7 @@ def join_request(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Ag
         data={"message_id": message.id, "from": message.from_address,
               "status": {"from": before.value, "to": after.value}},
     )
-    return request
+    return request, message
 
 
 def reply(store: Store, key: str, body: str, *, actor: str) -> MessageView:
@@ -248,7 +250,7 @@ def reply_subject(request: Request) -> str:
     return f"Re: {base}" if tag in base else f"Re: {base} {tag}"
 
 
-def _clean_subject(subject: str) -> str:
+def clean_subject(subject: str) -> str:
     # CR/LF would let a subject become extra headers when it is mailed back.
     value = " ".join((subject or "").split())
     if not value:
@@ -307,7 +309,7 @@ def _add_inbound(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Ag
         references=" ".join(mail.references) or None,
         from_address=check_email(mail.from_address, "sender"),
         to_addresses=",".join(mail.to_addresses) or None,
-        subject=_clean_subject(mail.subject),
+        subject=clean_subject(mail.subject),
         body_text=mail.body_text or "",
         full_text=mail.full_text if mail.full_text and mail.full_text != mail.body_text else None,
         auth_verdict=mail.auth_verdict,
@@ -351,10 +353,12 @@ def _follow_merges(uow: UnitOfWork, request: Request) -> Request:
     return request
 
 
-def _open_follow_up(uow: UnitOfWork, closed: Request, mail: InboundMail, agent: Agent | None) -> Request:
+def _open_follow_up(
+    uow: UnitOfWork, closed: Request, mail: InboundMail, agent: Agent | None
+) -> tuple[Request, Message]:
     """A reply to a closed request becomes a new request that points back to it."""
     request = Request(
-        subject=_clean_subject(mail.subject),
+        subject=clean_subject(mail.subject),
         channel="email",
         category=closed.category,
         priority=closed.priority,
@@ -362,8 +366,7 @@ def _open_follow_up(uow: UnitOfWork, closed: Request, mail: InboundMail, agent: 
         customer=closed.customer,
         follows_up=closed,
     )
-    log_new_request(uow, request, mail, agent)
-    return request
+    return request, log_new_request(uow, request, mail, agent)
 
 
 def log_new_request(
