@@ -1,0 +1,226 @@
+"""The SMTP listener: aiosmtpd in the process's own event loop.
+
+What it answers, and why:
+
+- ``RCPT``: our support addresses, their reply-token variants and
+  ``postmaster``; anything else ``550 5.1.1`` (a permanent "no such user").
+- End of ``DATA``: ``250`` only after the raw bytes and the envelope are
+  committed (:mod:`intake.acceptance`); a store that cannot commit gives
+  ``451 4.3.0`` (``452 4.3.1`` when the disk is full) so the sender retries.
+  No exception ever becomes aiosmtpd's ``500`` or shows its text.
+- Size: ``SIZE`` is advertised; too much data is ``552`` (aiosmtpd).
+- Long lines: RFC 5321 caps a line at 998 octets, but real mail (HTML from
+  some mailers, signed mail through some gateways) breaks it. We accept lines
+  up to 64 KiB rather than bounce real customers; longer ones get aiosmtpd's
+  ``500 Line too long``.
+- At most ``SUPPORTDESK_SMTP_MAX_SESSIONS`` sessions at once; more get
+  ``421 4.7.0`` and are closed, which tells the sender to come back later.
+- On shutdown new connections are refused, ``MAIL`` gets ``421 4.3.2``,
+  messages already being transferred are committed and answered, then the
+  remaining sessions get ``421`` and are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from core.errors import StoreUnavailable
+from core.reply_tokens import is_our_recipient
+from core.services.mail_intake import RawMail
+from core.settings import Settings
+from intake.acceptance import Acceptor
+
+log = logging.getLogger("supportdesk.intake")
+
+MAX_LINE_OCTETS = 64 * 1024
+MAX_RECIPIENTS = 100
+TEMPORARY_FAILURE = "451 4.3.0 Temporary failure; the message was not accepted, please try again later"
+STORAGE_FULL = "452 4.3.1 Insufficient system storage; please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down; please try again later"
+TOO_BUSY = b"421 4.7.0 Too many connections; please try again later\r\n"
+
+
+@dataclass
+class IntakeCounters:
+    """What the listener did, for logs and the metrics endpoint."""
+
+    accepted: int = 0
+    rejected_recipients: int = 0
+    temporary_failures: int = 0
+    refused_busy: int = 0
+    latencies: list[float] = field(default_factory=list)  # end of DATA -> reply, seconds (last 10,000)
+
+    def record_latency(self, seconds: float) -> None:
+        self.latencies.append(seconds)
+        if len(self.latencies) > 10_000:
+            del self.latencies[:5_000]
+
+
+class GatewayHandler:
+    """aiosmtpd hooks: recipient policy and commit-before-250."""
+
+    def __init__(self, settings: Settings, acceptor: Acceptor, counters: IntakeCounters) -> None:
+        self._settings = settings
+        self._acceptor = acceptor
+        self.counters = counters
+        self.draining = False
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if self.draining:
+            return SHUTTING_DOWN
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not is_our_recipient(address, self._settings.support_addresses):
+            self.counters.rejected_recipients += 1
+            return "550 5.1.1 No such mailbox here"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()
+        item = RawMail(
+            raw=bytes(envelope.original_content or b""),
+            # aiosmtpd keeps the null reverse-path (bounces) as "<>"; the store keeps it as "".
+            envelope_from="" if (envelope.mail_from or "<>").strip() == "<>" else envelope.mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            peer=_peer(session),
+            helo=session.host_name or None,
+        )
+        try:
+            await self._acceptor.accept(item)
+        except StoreUnavailable as exc:
+            self.counters.temporary_failures += 1
+            log.warning("mail from %s not accepted, store unavailable: %s", _peer(session), exc)
+            return STORAGE_FULL if "full" in str(exc).lower() else TEMPORARY_FAILURE
+        except Exception:
+            self.counters.temporary_failures += 1
+            log.exception("mail from %s not accepted", _peer(session))
+            return TEMPORARY_FAILURE
+        self.counters.accepted += 1
+        self.counters.record_latency(time.perf_counter() - started)
+        return "250 2.0.0 OK: message accepted"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Must never fail itself: aiosmtpd would answer "500 Error: (...)" with our exception's text.
+        try:
+            log.error("SMTP session error: %s", error.__class__.__name__, exc_info=error)
+        except Exception:  # noqa: BLE001 - logging must not turn a 451 into a 500
+            pass
+        return TEMPORARY_FAILURE
+
+
+def _peer(session: Session) -> str | None:
+    peer: Any = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer) if peer else None
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with our line-length policy and session bookkeeping."""
+
+    line_length_limit = MAX_LINE_OCTETS
+
+    def __init__(self, gateway: SmtpGateway, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gateway = gateway
+        self.in_data = False
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._gateway.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+
+    def say_goodbye(self, reply: bytes) -> None:
+        """Send an unsolicited reply (RFC 5321 allows 421 at any time) and close."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply)
+            self.transport.close()
+
+
+class _TooBusy(asyncio.Protocol):
+    def __init__(self, counters: IntakeCounters) -> None:
+        self._counters = counters
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._counters.refused_busy += 1
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_BUSY)
+        transport.close()
+
+
+class SmtpGateway:
+    """The listening socket and its sessions."""
+
+    def __init__(self, settings: Settings, acceptor: Acceptor, counters: IntakeCounters | None = None) -> None:
+        self.settings = settings
+        self.counters = counters or IntakeCounters()
+        self.handler = GatewayHandler(settings, acceptor, self.counters)
+        self.sessions: set[GatewaySMTP] = set()
+        self._server: asyncio.Server | None = None
+        self._port = 0
+
+    def _protocol(self) -> asyncio.Protocol:
+        if self.handler.draining or len(self.sessions) >= self.settings.smtp_max_sessions:
+            return _TooBusy(self.counters)
+        session = GatewaySMTP(
+            self,
+            self.handler,
+            hostname=self.settings.mail_domain,
+            ident="supportdesk",
+            data_size_limit=self.settings.smtp_max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            command_call_limit={"NOOP": 200, "VRFY": 20, "EXPN": 20, "HELP": 50, "*": 1_000_000},
+        )
+        self.sessions.add(session)
+        return session
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol,
+            host=host if host is not None else self.settings.smtp_listen.host,
+            port=port if port is not None else self.settings.smtp_listen.port,
+            reuse_address=True,
+        )
+        self._port = int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when started on port 0)."""
+        return self._port
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop accepting, let transfers in progress finish and be answered, then close every session."""
+        self.handler.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + grace_seconds
+        while any(s.in_data for s in self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.say_goodbye(SHUTTING_DOWN.encode() + b"\r\n")
+        await asyncio.sleep(0)  # let the transports flush and report connection_lost

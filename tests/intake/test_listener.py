@@ -1,0 +1,282 @@
+"""The SMTP listener over real loopback SMTP: exact reply codes, commit-before-250, limits. Both databases."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from core.db import make_engine
+from core.models import ReceivedMail
+from core.store import Store
+from tests.intake.gateway import message, running_gateway
+
+TOKEN = "0123456789abcdef"
+
+
+def stored(store: Store) -> list[ReceivedMail]:
+    with store.read() as session:
+        return list(session.execute(select(ReceivedMail).order_by(ReceivedMail.id)).scalars())
+
+
+def test_ehlo_advertises_size_8bitmime_and_smtputf8(store: Store) -> None:
+    with running_gateway(store) as gw, gw.client() as client:
+        code, reply = client.ehlo("client.test")
+    assert code == 250
+    assert b"SIZE 26214400" in reply and b"8BITMIME" in reply and b"SMTPUTF8" in reply
+
+
+@pytest.mark.parametrize("recipient, expected", [
+    ("support@localhost", 250),
+    ("SUPPORT@LOCALHOST", 250),
+    (f"support+{TOKEN}@localhost", 250),
+    (f"support.{TOKEN}@localhost", 250),
+    ("postmaster", 250),
+    ("postmaster@localhost", 250),
+    ("sales@localhost", 550),
+    ("support@elsewhere.test", 550),
+    ("postmaster@elsewhere.test", 550),
+    ("support+nottoken@localhost", 550),
+])
+def test_recipients(store: Store, recipient: str, expected: int) -> None:
+    with running_gateway(store) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        client.mail("jane@acme.test")
+        code, reply = client.rcpt(recipient)
+    assert code == expected, reply
+    if expected == 550:
+        assert reply.startswith(b"5.1.1")
+
+
+def test_250_only_after_the_raw_bytes_and_envelope_are_committed(store: Store) -> None:
+    raw = message(message_id="<one@acme.test>")
+    with running_gateway(store) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        client.mail("jane@acme.test")
+        client.rcpt("support@localhost")
+        client.rcpt(f"support+{TOKEN}@localhost")
+        code, reply = client.data(raw)
+        assert code == 250, reply
+        # Committed by the time the client has its 250: another connection sees it.
+        rows = stored(store)
+    assert len(rows) == 1
+    assert rows[0].raw == raw
+    assert rows[0].envelope_from == "jane@acme.test"
+    assert rows[0].recipients.split("\n") == ["support@localhost", f"support+{TOKEN}@localhost"]
+    assert rows[0].helo == "client.test" and rows[0].peer == "127.0.0.1"
+    assert rows[0].source == "smtp" and rows[0].status == "received"
+
+
+def test_the_same_message_delivered_twice_is_answered_250_and_stored_once(store: Store) -> None:
+    raw = message()
+    with running_gateway(store) as gw:
+        for _ in range(2):
+            with gw.client() as client:
+                refused = client.sendmail("jane@acme.test", ["support@localhost"], raw)
+                assert refused == {}
+    assert len(stored(store)) == 1
+
+
+def test_the_null_sender_is_accepted_and_kept(store: Store) -> None:
+    with running_gateway(store) as gw, gw.client() as client:
+        client.sendmail("<>", ["support@localhost"], message(sender="MAILER-DAEMON@mx.test"))
+    assert stored(store)[0].envelope_from == ""
+
+
+def test_a_session_may_deliver_several_messages(store: Store) -> None:
+    with running_gateway(store) as gw, gw.client() as client:
+        for n in range(5):
+            client.sendmail("jane@acme.test", ["support@localhost"], message(subject=f"n{n}"))
+            client.rset()
+    assert len(stored(store)) == 5
+
+
+def test_smtputf8_and_8bit_bodies_are_accepted_byte_for_byte(store: Store) -> None:
+    raw = ("From: jürgen@bücher.test\r\nTo: support@localhost\r\nSubject: Grüße\r\n"
+           "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           "Rechnung über 12,50 €\r\n").encode()
+    with running_gateway(store) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        code, _ = client.mail("jürgen@bücher.test", ["SMTPUTF8", "BODY=8BITMIME"])
+        assert code == 250
+        client.rcpt("support@localhost")
+        code, _ = client.data(raw)
+    assert code == 250
+    assert stored(store)[0].raw == raw
+
+
+def test_size_over_the_limit_is_552_at_mail_and_after_data_and_nothing_is_stored(store: Store) -> None:
+    settings = dataclasses.replace(store.settings, smtp_max_message_size=4096)
+    with running_gateway(store, settings) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        code, _ = client.mail("jane@acme.test", ["SIZE=100000"])
+        assert code == 552
+        client.rset()
+        client.mail("jane@acme.test")
+        client.rcpt("support@localhost")
+        code, _ = client.data(message(body=("y" * 70 + "\n") * 100))
+        assert code == 552
+    assert stored(store) == []
+
+
+def test_long_lines_up_to_64_kib_are_accepted_longer_ones_refused(store: Store) -> None:
+    long_line = b"From: jane@acme.test\r\nSubject: long\r\n\r\n" + b"a" * 5000 + b"\r\n"
+    too_long = b"From: jane@acme.test\r\nSubject: too long\r\n\r\n" + b"b" * 70_000 + b"\r\n"
+    with running_gateway(store) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        client.mail("jane@acme.test")
+        client.rcpt("support@localhost")
+        assert client.data(long_line)[0] == 250
+        client.mail("jane@acme.test")
+        client.rcpt("support@localhost")
+        code, reply = client.data(too_long)
+    assert code == 500 and b"Line too long" in reply
+    assert [r.raw for r in stored(store)] == [long_line]
+
+
+def test_sessions_beyond_the_cap_are_told_421_and_closed(store: Store) -> None:
+    settings = dataclasses.replace(store.settings, smtp_max_sessions=2)
+    with running_gateway(store, settings) as gw:
+        first, second = gw.client(), gw.client()
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            gw.client()
+        assert refused.value.smtp_code == 421
+        first.quit()
+        second.quit()
+        with gw.client() as again:  # a freed slot is usable again
+            assert again.noop()[0] == 250
+    assert gw.gateway.counters.refused_busy == 1
+
+
+def test_a_store_that_cannot_commit_answers_451_and_the_retry_is_stored_once(store: Store, tmp_path: Path) -> None:
+    raw = message(subject="retry me")
+    unavailable = _unavailable_store(store, tmp_path)
+    with running_gateway(unavailable, store.settings) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        client.mail("jane@acme.test")
+        client.rcpt("support@localhost")
+        code, reply = client.data(raw)
+    assert code == 451 and reply.startswith(b"4.3.0"), reply
+    assert b"Error" not in reply and b"database" not in reply.lower() and b"lock" not in reply.lower()
+    unavailable.dispose()
+    _make_available(store)
+    with running_gateway(store) as gw, gw.client() as client:
+        assert client.sendmail("jane@acme.test", ["support@localhost"], raw) == {}
+        assert client.sendmail("jane@acme.test", ["support@localhost"], raw) == {}
+    assert [r.raw for r in stored(store)] == [raw]
+
+
+def test_an_unexpected_store_error_is_451_never_500_and_leaks_nothing(store: Store, tmp_path: Path) -> None:
+    broken_file = tmp_path / "not-a-database.db"
+    broken_file.write_bytes(b"this is not an SQLite database " * 100)
+    broken = Store(make_engine(f"sqlite:///{broken_file}"), store.clock, store.settings)
+    with running_gateway(broken, store.settings) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        client.mail("jane@acme.test")
+        client.rcpt("support@localhost")
+        code, reply = client.data(message())
+    broken.dispose()
+    assert code == 451 and reply.startswith(b"4.3.0"), reply
+    assert b"not a database" not in reply and b"(" not in reply
+
+
+def test_shutdown_answers_new_mail_421_and_refuses_new_connections(store: Store) -> None:
+    with running_gateway(store) as gw:
+        client = gw.client()
+        client.ehlo("client.test")
+        gw.stop()
+        with pytest.raises((smtplib.SMTPServerDisconnected, smtplib.SMTPSenderRefused, ConnectionError)):
+            client.sendmail("jane@acme.test", ["support@localhost"], message())
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", gw.port), timeout=2)
+    assert stored(store) == []
+
+
+def test_a_transfer_in_progress_at_shutdown_is_committed_and_answered(store: Store) -> None:
+    raw = message(subject="in flight")
+    with running_gateway(store) as gw:
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        reader = sock.makefile("rb")
+        reader.readline()
+        for command in (b"EHLO client.test", b"MAIL FROM:<jane@acme.test>", b"RCPT TO:<support@localhost>",
+                        b"DATA"):
+            sock.sendall(command + b"\r\n")
+            while True:
+                line = reader.readline()
+                if line[3:4] != b"-":
+                    break
+        sock.sendall(raw[: len(raw) // 2])
+        stopping = threading.Thread(target=gw.stop, kwargs={"grace_seconds": 10})
+        stopping.start()
+        sock.sendall(raw[len(raw) // 2:] + b".\r\n")
+        reply = reader.readline()
+        stopping.join(20)
+        sock.close()
+    assert reply.startswith(b"250"), reply
+    assert [r.raw for r in stored(store)] == [raw]
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None and not os.environ.get("CI"), reason="swaks is not installed")
+def test_swaks_delivers_a_message_with_an_attachment(store: Store, tmp_path: Path) -> None:
+    attachment = tmp_path / "invoice.pdf"
+    attachment.write_bytes(b"%PDF-1.4 fake but binary \x00\x01\x02")
+    with running_gateway(store) as gw:
+        result = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{gw.port}", "--from", "jane@acme.test", "--to", "support@localhost",
+             "--header", "Subject: Invoice INV-100 is wrong", "--body", "Please check.",
+             "--attach", f"@{attachment}", "--attach-type", "application/pdf"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  250 2.0.0 OK" in result.stdout
+    [row] = stored(store)
+    assert b"Subject: Invoice INV-100 is wrong" in row.raw
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None and not os.environ.get("CI"), reason="swaks is not installed")
+def test_swaks_unknown_recipient_gets_550(store: Store) -> None:
+    with running_gateway(store) as gw:
+        result = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{gw.port}", "--from", "jane@acme.test", "--to", "nobody@localhost",
+             "--quit-after", "RCPT"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert "<** 550 5.1.1" in result.stdout, result.stdout
+
+
+def _unavailable_store(store: Store, tmp_path: Path) -> Store:
+    """A store whose commits fail for now: SQLite locked by another process, PostgreSQL refusing connections."""
+    if store.is_sqlite:
+        path = store.engine.url.database
+        locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN EXCLUSIVE")
+        _LOCKS[id(store)] = locker
+        return Store(make_engine(f"sqlite:///{path}", connect_args={"timeout": 0.3}), store.clock, store.settings)
+    database = store.engine.url.database
+    with make_engine(str(store.engine.url.set(database="postgres")), isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+        c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": database})
+    store.engine.dispose()
+    return Store(make_engine(store.engine.url.render_as_string(hide_password=False)), store.clock, store.settings)
+
+
+def _make_available(store: Store) -> None:
+    if store.is_sqlite:
+        _LOCKS.pop(id(store)).close()
+        return
+    database = store.engine.url.database
+    with make_engine(str(store.engine.url.set(database="postgres")), isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+
+
+_LOCKS: dict[int, sqlite3.Connection] = {}
+
