@@ -1,0 +1,1 @@
+"""Email intake: turn mail that customers send to support into requests and replies."""
