@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from cli import metrics_command
+from cli import mail_commands, metrics_command
 from cli import output, sla_command
 from core import migrate, queries, services
 from core.audit import verify_chain
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _requests_parser(top)
     _approvals_parser(top)
     metrics_command.register(top)
+    mail_commands.register(top)
     sla_command.register(top)
 
     audit = top.add_parser("audit", help="the audit trail").add_subparsers(

@@ -2,7 +2,9 @@
 
 It opens the store and brings its schema up to date, then starts each part
 that is configured and says, for each one that does not start, why not. It
-runs until SIGTERM or SIGINT.
+runs until SIGTERM or SIGINT. The SMTP listener, its commits and e-mail
+delivery share the event loop; filing accepted mail (parsing is CPU work)
+runs in a child process the loop supervises, so the listener keeps a core.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ import signal
 from dataclasses import dataclass
 
 from core import migrate
+from core.errors import InvalidInput
 from core.facade import AsyncCore
 from core.settings import Settings
 from core.store import Store
+from intake.acceptance import Acceptor
+from intake.listener import SmtpGateway
+from intake.processor import ProcessorProcess
+from notifications.email_delivery import run_email_delivery
+from notifications.mail_transport import transport_for
 
 log = logging.getLogger("supportdesk.serve")
 
@@ -35,17 +43,18 @@ def plan_parts(settings: Settings) -> list[PartPlan]:
                                  ("SLACK_SIGNING_SECRET", settings.slack_signing_secret or settings.slack_app_token))
         if not value
     ]
+    relay = (f"through the relay {settings.outbound_smtp}" if settings.outbound_smtp
+             else f"to the Maildir {settings.outgoing_maildir} (no SUPPORTDESK_OUTBOUND_SMTP set)")
     return [
         PartPlan("store", True, f"{_safe_url(settings.database_url)}"),
-        PartPlan("smtp listener", False,
-                 f"would listen on {settings.smtp_listen} for {', '.join(settings.support_addresses)}; "
-                 "the mail gateway is not part of this version yet"),
+        PartPlan("smtp listener", True,
+                 f"on {settings.smtp_listen} for {', '.join(settings.support_addresses)}"),
+        PartPlan("mail processor", True, "files accepted mail in a separate process"),
         PartPlan("slack app", False,
                  f"not configured: {' and '.join(slack_missing)} unset" if slack_missing
                  else f"configured for {slack_mode}; the Slack app is not part of this version yet"),
         PartPlan("scheduler", False, "SLA alerts and digests are not part of this version yet"),
-        PartPlan("outbox delivery", False,
-                 "notifications are queued in the outbox and wait for the delivery workers of a later version"),
+        PartPlan("outbox delivery", True, f"e-mail {relay}; Slack notifications wait for the Slack app"),
     ]
 
 
@@ -78,9 +87,36 @@ async def _run(store: Store) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    processor = ProcessorProcess(store.settings)
+    processor.start()
+    acceptor = Acceptor(store, on_committed=processor.wake)
+    acceptor.start()
+    gateway = SmtpGateway(store.settings, acceptor)
+    try:
+        await gateway.start()
+    except OSError as exc:
+        processor.stop()
+        await acceptor.close()
+        core.close()
+        raise InvalidInput(f"the SMTP listener cannot listen on {store.settings.smtp_listen}: {exc.strerror}") from exc
+    delivery_stop = asyncio.Event()
+    delivery = loop.create_task(
+        run_email_delivery(store, transport_for(store.settings), delivery_stop), name="email-delivery")
     log.info("supportdesk is running; stop it with Ctrl-C or SIGTERM")
     try:
-        await stop.wait()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=5.0)
+            except asyncio.TimeoutError:
+                processor.check()
     finally:
-        log.info("stopping")
+        log.info("stopping: finishing mail in transfer, then the mail processor and deliveries")
+        await gateway.stop()
+        await acceptor.close()
+        delivery_stop.set()
+        await delivery
+        await loop.run_in_executor(None, processor.stop)
         core.close()
+        counters = gateway.counters
+        log.info("mail: %d accepted, %d recipients refused, %d temporary failures, %d sessions refused (busy)",
+                 counters.accepted, counters.rejected_recipients, counters.temporary_failures, counters.refused_busy)

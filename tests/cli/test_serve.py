@@ -13,12 +13,14 @@ from core import migrate
 from core.db import make_engine
 from core.settings import load_settings
 from cli.serve import plan_parts
+from tests.intake.serve_process import free_port
 
 
 def test_plan_names_every_part_and_why() -> None:
     plans = {p.name: p for p in plan_parts(load_settings({}))}
-    assert set(plans) == {"store", "smtp listener", "slack app", "scheduler", "outbox delivery"}
-    assert plans["store"].start
+    assert set(plans) == {"store", "smtp listener", "mail processor", "slack app", "scheduler", "outbox delivery"}
+    assert plans["store"].start and plans["smtp listener"].start and plans["mail processor"].start
+    assert "Maildir outgoing-mail" in plans["outbox delivery"].reason
     assert "SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET unset" in plans["slack app"].reason
     assert "127.0.0.1:2525" in plans["smtp listener"].reason
 
@@ -31,7 +33,8 @@ def test_plan_hides_the_database_password() -> None:
 
 def test_serve_migrates_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "serve.db"
-    env = {**os.environ, "SUPPORTDESK_DATABASE_URL": f"sqlite:///{db}", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "SUPPORTDESK_DATABASE_URL": f"sqlite:///{db}", "PYTHONUNBUFFERED": "1",
+           "SUPPORTDESK_SMTP_LISTEN": f"127.0.0.1:{free_port()}"}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

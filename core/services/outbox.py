@@ -1,0 +1,303 @@
+"""Delivery state of the outbox: claiming due rows, marking them sent, retried or failed.
+
+The outbox rows themselves are written by the unit of work together with
+their cause (see ``core.store``); this module is the only writer of how far
+their delivery got. Each function is one short transaction, so a delivery
+worker never holds a database transaction open while it talks to a mail
+relay or to Slack.
+
+Claiming takes a *lease*: a claimed row gets ``attempts + 1`` and
+``next_attempt_at = now + lease``. A worker that crashes mid-send leaves the
+row pending, and it comes due again when the lease runs out; two workers
+never hold the same row at once (PostgreSQL: ``FOR UPDATE SKIP LOCKED``;
+SQLite: write transactions start with ``BEGIN IMMEDIATE`` and so queue).
+Delivery is therefore at least once, which is why our e-mail Message-IDs are
+fixed per row: a repeated send is recognisably the same mail.
+
+:func:`outgoing_email` reads everything one e-mail needs into a frozen view,
+so the renderer in ``notifications`` never touches the database.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidInput, NotFound
+from core.models import AddressHealth, Agent, Event, Message, OutboxMessage, Request
+from core.reply_tokens import stable_message_id
+from core.services.correspondence import reply_subject, token_of
+from core.store import Store, UnitOfWork
+
+EMAIL_TOPICS = ("acknowledgment", "reply", "resolution_notice")
+# Mail nobody typed; RFC 3834 asks such mail to say so (Auto-Submitted).
+AUTOMATIC_TOPICS = frozenset({"acknowledgment", "resolution_notice"})
+FIRST_RETRY_SECONDS = 30
+MAX_RETRY_SECONDS = 3600
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One claimed outbox row, as plain data."""
+
+    id: int
+    channel: str
+    topic: str
+    request_id: int | None
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """Everything needed to render and address one e-mail; values are as stored, not yet made header-safe.
+
+    ``subject`` is the Subject line itself (the stored reply's, or
+    ``Re: <request subject> [SR-n]`` for the automatic mail);
+    ``request_subject`` is the request's own subject, for the text to echo.
+    """
+
+    outbox_id: int
+    topic: str
+    request_key: str
+    request_subject: str
+    subject: str
+    to_addresses: tuple[str, ...]
+    reply_token: str
+    customer_name: str | None
+    message_id: str
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    body_text: str | None
+    author_name: str | None
+    resolution_note: str | None
+    is_automatic: bool
+    failing_addresses: tuple[str, ...]
+    date: datetime
+
+    @property
+    def is_recipient_failing(self) -> bool:
+        """Whether our mail has bounced from a recipient and nothing has come from it since."""
+        return bool(self.failing_addresses)
+
+
+# --- claiming and marking -------------------------------------------------------------------
+
+
+def claim_due(store: Store, channel: str, limit: int = 50, lease_seconds: int = 300) -> list[OutboxItem]:
+    """Lease up to ``limit`` due rows of ``channel``, oldest first."""
+    with store.unit_of_work() as uow:
+        query = (
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.channel == channel,
+                OutboxMessage.status == "pending",
+                OutboxMessage.next_attempt_at <= uow.now,
+            )
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+        )
+        if not store.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        rows = list(uow.session.execute(query).scalars())
+        for row in rows:
+            row.attempts += 1
+            row.next_attempt_at = uow.now + timedelta(seconds=lease_seconds)
+        items = [_item_of(row) for row in rows]
+        uow.commit()
+        return items
+
+
+def mark_sent(store: Store, outbox_id: int) -> None:
+    """The relay (or Maildir) took it: never claimed again. Wins over any other worker's report."""
+    with store.unit_of_work() as uow:
+        row = _locked_row(uow, outbox_id)
+        row.status = "sent"
+        row.sent_at = uow.now
+        row.last_error = None
+        uow.commit()
+
+
+def mark_retry(store: Store, outbox_id: int, error: str, delay_seconds: int) -> None:
+    """Keep the row pending, due again after ``delay_seconds``, with the reason it did not go out."""
+    with store.unit_of_work() as uow:
+        row = _locked_row(uow, outbox_id)
+        if row.status == "sent":
+            return  # a worker whose lease ran out got it through meanwhile
+        row.status = "pending"
+        row.last_error = error[:MAX_ERROR_LENGTH]
+        row.next_attempt_at = uow.now + timedelta(seconds=delay_seconds)
+        uow.commit()
+
+
+def mark_failed(store: Store, outbox_id: int, error: str) -> None:
+    """Give up on the row; it stays in the outbox with its error for a person to look at."""
+    with store.unit_of_work() as uow:
+        row = _locked_row(uow, outbox_id)
+        if row.status == "sent":
+            return  # a worker whose lease ran out got it through meanwhile
+        row.status = "failed"
+        row.last_error = error[:MAX_ERROR_LENGTH]
+        uow.commit()
+
+
+def retry_delay(attempts: int) -> int:
+    """Seconds to wait after failed attempt number ``attempts``: 30, 60, 120 ... at most an hour."""
+    doublings = min(max(attempts, 1) - 1, 16)
+    return min(FIRST_RETRY_SECONDS * 2**doublings, MAX_RETRY_SECONDS)
+
+
+def _item_of(row: OutboxMessage) -> OutboxItem:
+    return OutboxItem(
+        id=row.id,
+        channel=row.channel,
+        topic=row.topic,
+        request_id=row.request_id,
+        payload=json.loads(row.payload or "{}"),
+        attempts=row.attempts,
+    )
+
+
+def _locked_row(uow: UnitOfWork, outbox_id: int) -> OutboxMessage:
+    row = uow.session.get(OutboxMessage, outbox_id, with_for_update=True)
+    if row is None:
+        raise NotFound(f"there is no outbox row {outbox_id}")
+    return row
+
+
+# --- the e-mail view ------------------------------------------------------------------------
+
+
+def outgoing_email(store: Store, item: OutboxItem) -> OutgoingEmail:
+    """Read what the mail for ``item`` says and where it goes.
+
+    Raises :class:`NotFound` or :class:`InvalidInput` when the row cannot
+    become a mail (its request or reply is gone, an unknown topic): the
+    caller gives up on such a row rather than retrying it.
+    """
+    if item.topic not in EMAIL_TOPICS:
+        raise InvalidInput(f"outbox row {item.id}: no e-mail is made for topic {item.topic!r}")
+    with store.read() as session:
+        request = _request_of(session, item)
+        if item.topic == "reply":
+            return _reply_email(store, session, item, request)
+        return _automatic_email(store, session, item, request)
+
+
+def _reply_email(store: Store, session: Session, item: OutboxItem, request: Request) -> OutgoingEmail:
+    """A reply goes out exactly as ``reply()`` stored it: its Message-ID, threading headers, subject, recipients."""
+    message = _outbound_message(session, item, request)
+    to_addresses = _split_addresses(message.to_addresses) or (request.requester_email,)
+    author: Agent | None = message.author
+    return OutgoingEmail(
+        outbox_id=item.id,
+        topic=item.topic,
+        request_key=request.key,
+        request_subject=request.subject,
+        subject=message.subject or reply_subject(request),
+        to_addresses=to_addresses,
+        reply_token=token_of(request),
+        customer_name=request.customer.name if request.customer else None,
+        message_id=message.message_id or "",
+        in_reply_to=message.in_reply_to,
+        references=tuple((message.references or "").split()),
+        body_text=message.body_text,
+        author_name=author.name if author else None,
+        resolution_note=None,
+        is_automatic=False,
+        failing_addresses=_failing(session, to_addresses),
+        date=store.clock.now(),
+    )
+
+
+def _automatic_email(store: Store, session: Session, item: OutboxItem, request: Request) -> OutgoingEmail:
+    """An acknowledgment answers the first customer mail; a resolution notice the latest one."""
+    token = token_of(request)
+    parent = _inbound_message(session, request, latest=item.topic == "resolution_notice")
+    to_addresses = (request.requester_email,)
+    return OutgoingEmail(
+        outbox_id=item.id,
+        topic=item.topic,
+        request_key=request.key,
+        request_subject=request.subject,
+        subject=reply_subject(request),
+        to_addresses=to_addresses,
+        reply_token=token,
+        customer_name=request.customer.name if request.customer else None,
+        # Fixed by the row, so a retried send is recognisably the same mail.
+        message_id=stable_message_id(token, store.settings.mail_domain, f"outbox-{item.id}"),
+        in_reply_to=parent.message_id if parent else None,
+        references=_references_after(parent),
+        body_text=None,
+        author_name=None,
+        resolution_note=_resolution_note(session, item, request) if item.topic == "resolution_notice" else None,
+        is_automatic=True,
+        failing_addresses=_failing(session, to_addresses),
+        date=store.clock.now(),
+    )
+
+
+def _request_of(session: Session, item: OutboxItem) -> Request:
+    request = session.get(Request, item.request_id) if item.request_id is not None else None
+    if request is None:
+        raise NotFound(f"outbox row {item.id}: its request ({item.payload.get('request_key')}) does not exist")
+    return request
+
+
+def _outbound_message(session: Session, item: OutboxItem, request: Request) -> Message:
+    message_row_id = item.payload.get("message_id")
+    message = session.get(Message, message_row_id) if isinstance(message_row_id, int) else None
+    if message is None or message.request_id != request.id or message.direction != "outbound":
+        raise NotFound(f"outbox row {item.id}: the reply it should send ({message_row_id!r}) is not on {request.key}")
+    if not message.message_id:
+        raise InvalidInput(f"outbox row {item.id}: the reply on {request.key} has no Message-ID")
+    return message
+
+
+def _inbound_message(session: Session, request: Request, *, latest: bool) -> Message | None:
+    """The first (or latest) customer mail on the request that has a Message-ID to answer."""
+    order = Message.id.desc() if latest else Message.id.asc()
+    return session.execute(
+        select(Message)
+        .where(Message.request_id == request.id, Message.direction == "inbound", Message.message_id.is_not(None))
+        .order_by(order)
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def _references_after(parent: Message | None) -> tuple[str, ...]:
+    """RFC 5322 §3.6.4: the parent's References followed by the parent's Message-ID."""
+    if parent is None or not parent.message_id:
+        return ()
+    return (*(parent.references or "").split(), parent.message_id)
+
+
+def _resolution_note(session: Session, item: OutboxItem, request: Request) -> str | None:
+    """The note of the resolution that queued this notice, not of a later one."""
+    event_seq = session.execute(select(OutboxMessage.event_seq).where(OutboxMessage.id == item.id)).scalar_one_or_none()
+    event = session.get(Event, event_seq) if event_seq is not None else None
+    if event is not None and event.kind == "request.resolved":
+        note = json.loads(event.data).get("note")
+        if isinstance(note, str) and note:
+            return note
+    return request.resolution_note
+
+
+def _split_addresses(value: str | None) -> tuple[str, ...]:
+    return tuple(a.strip() for a in (value or "").split(",") if a.strip())
+
+
+def _failing(session: Session, addresses: tuple[str, ...]) -> tuple[str, ...]:
+    lowered = [a.strip().lower() for a in addresses]
+    failing = set(
+        session.execute(
+            select(AddressHealth.address).where(AddressHealth.address.in_(lowered), AddressHealth.failing.is_(True))
+        ).scalars()
+    )
+    return tuple(a for a in lowered if a in failing)

@@ -1,0 +1,181 @@
+"""The e-mail delivery worker: due outbox rows in, mail out, each row marked.
+
+One row goes through a short pipeline of named steps: read what the mail
+says (:func:`outgoing_email`), refuse what must not be sent (an invalid
+recipient; automatic mail to an address that bounces), render it, hand it to
+the transport, and mark the row. Nothing is dropped: a row that cannot be
+sent stays in the outbox as ``failed`` with its reason, for a person.
+
+Outcomes, by cause:
+
+- relay down, busy or ``4xx``: retried, 30 s doubling up to an hour apart,
+  and given up after :data:`GIVE_UP_AFTER_ATTEMPTS` (about five days, like
+  an MTA's queue lifetime);
+- ``5xx`` for the recipient or the message, an invalid recipient, a template
+  or render error, a request or reply that no longer exists: failed at once;
+- an acknowledgment or resolution notice to an address our mail bounced
+  from: failed as "held back" (a reply an agent wrote is still sent: they
+  may know the address works again).
+
+The envelope sender is our support address, not the null sender RFC 3834
+suggests for automatic mail: bounces must come back, because the intake
+gateway reads them to mark addresses failing, and it files them as bounces,
+never as new requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from jinja2 import TemplateError
+
+from core.errors import InvalidInput, NotFound, StoreUnavailable
+from core.services.outbox import (
+    OutboxItem,
+    OutgoingEmail,
+    claim_due,
+    mark_failed,
+    mark_retry,
+    mark_sent,
+    outgoing_email,
+    retry_delay,
+)
+from core.store import Store
+from notifications.mail_render import RenderError, build_message, envelope_problem
+from notifications.mail_transport import PermanentFailure, TemporaryFailure, Transport
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "email"
+BATCH_SIZE = 50
+# 30 s doubling reaches the hourly cap after 8 attempts; ~120 attempts is five days.
+GIVE_UP_AFTER_ATTEMPTS = 120
+
+Outcome = Literal["sent", "retried", "failed"]
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What one pass did: rows claimed, and how each ended."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+def deliver_due_email(store: Store, transport: Transport, limit: int = BATCH_SIZE) -> DeliveryReport:
+    """Claim the due e-mail rows and deliver each; blocking, so async callers run it in a thread."""
+    items = claim_due(store, CHANNEL, limit)
+    outcomes = Counter(_deliver_guarded(store, transport, item) for item in items)
+    return DeliveryReport(len(items), outcomes["sent"], outcomes["retried"], outcomes["failed"])
+
+
+def deliver_one(store: Store, transport: Transport, item: OutboxItem) -> Outcome:
+    """Read, check, render, send and mark one claimed row."""
+    try:
+        email = outgoing_email(store, item)
+    except (NotFound, InvalidInput) as exc:
+        return _give_up(store, item, f"cannot make the {item.topic} mail: {exc}")
+    refusal = refusal_of(email)
+    if refusal is not None:
+        return _give_up(store, item, refusal)
+    try:
+        message = build_message(email, store.settings)
+    except (TemplateError, RenderError, ValueError) as exc:
+        return _give_up(store, item, f"cannot render the {item.topic} mail: {exc.__class__.__name__}: {exc}")
+    try:
+        transport.send(message, store.settings.support_addresses[0], email.to_addresses)
+    except TemporaryFailure as exc:
+        return _retry(store, item, str(exc))
+    except PermanentFailure as exc:
+        return _give_up(store, item, str(exc))
+    mark_sent(store, item.id)
+    log.info("sent the %s mail of %s (outbox row %d)", item.topic, email.request_key, item.id)
+    return "sent"
+
+
+def refusal_of(email: OutgoingEmail) -> str | None:
+    """Why this mail must not be sent at all, or None. Pure."""
+    if not email.to_addresses:
+        return "invalid recipient: the mail has no recipient"
+    for address in email.to_addresses:
+        problem = envelope_problem(address)
+        if problem is not None:
+            return f"invalid recipient: {problem}"
+    if email.is_automatic and email.is_recipient_failing:
+        # An automatic answer to a bouncing address only feeds a bounce loop.
+        return f"held back: {email.failing_addresses[0]} bounced our mail"
+    return None
+
+
+async def run_email_delivery(
+    store: Store,
+    transport: Transport,
+    stop: asyncio.Event,
+    interval: float = 2.0,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Deliver until ``stop`` is set: a pass in a worker thread, then sleep ``interval`` or until ``wake``.
+
+    A pass under way when ``stop`` is set is finished first, so no row is
+    left claimed (it would wait out its lease). A full batch means more may
+    be due, so the next pass starts at once.
+    """
+    while not stop.is_set():
+        if wake is not None:
+            wake.clear()  # before the pass: a wake during it is not lost
+        report = await _one_pass(store, transport)
+        if report.claimed < BATCH_SIZE:
+            await _sleep(stop, wake, interval)
+
+
+async def _one_pass(store: Store, transport: Transport) -> DeliveryReport:
+    """The worker's catch-all: a failed pass is logged and the loop goes on."""
+    try:
+        return await asyncio.to_thread(deliver_due_email, store, transport, BATCH_SIZE)
+    except StoreUnavailable as exc:
+        log.warning("e-mail delivery paused: %s", exc)
+    except Exception:
+        log.exception("e-mail delivery pass failed; trying again shortly")
+    return DeliveryReport()
+
+
+async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, interval: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    _done, pending = await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _deliver_guarded(store: Store, transport: Transport, item: OutboxItem) -> Outcome:
+    """One bad row must not hold up the rows behind it; a lost database must stop the pass."""
+    try:
+        return deliver_one(store, transport, item)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        log.exception("outbox row %d (%s): unexpected error while delivering", item.id, item.topic)
+        return _retry(store, item, f"unexpected error: {exc.__class__.__name__}")
+
+
+def _retry(store: Store, item: OutboxItem, error: str) -> Outcome:
+    if item.attempts >= GIVE_UP_AFTER_ATTEMPTS:
+        return _give_up(store, item, f"gave up after {item.attempts} attempts; the last: {error}")
+    delay = retry_delay(item.attempts)
+    mark_retry(store, item.id, error, delay)
+    log.info("the %s mail of outbox row %d will be retried in %d s: %s", item.topic, item.id, delay, error)
+    return "retried"
+
+
+def _give_up(store: Store, item: OutboxItem, error: str) -> Outcome:
+    mark_failed(store, item.id, error)
+    log.warning("the %s mail of outbox row %d was not sent: %s", item.topic, item.id, error)
+    return "failed"
