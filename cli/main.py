@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # aiosmtpd logs every SMTP command; our listener logs one line per message instead.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         settings = load_settings()
         if args.handler is _serve:

@@ -114,6 +114,8 @@ class GatewayHandler:
             return TEMPORARY_FAILURE
         self.counters.accepted += 1
         self.counters.record_latency(time.perf_counter() - started)
+        log.info("accepted %d bytes from %s (helo %s): sender %r, %d recipient(s)", len(item.raw), item.peer,
+                 item.helo, item.envelope_from, len(item.recipients))
         return "250 2.0.0 OK: message accepted"
 
     async def handle_exception(self, error: Exception) -> str:
