@@ -107,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        run("SQLite (WAL, synchronous=NORMAL)", f"sqlite:///{Path(tmp) / 'bench.db'}", args.requests)
+        run("SQLite (WAL, synchronous=FULL)", f"sqlite:///{Path(tmp) / 'bench.db'}", args.requests)
 
     admin = create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
     name = f"supportdesk_bench_{uuid.uuid4().hex[:8]}"
