@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import functools
 import mailbox
+import os
 import sys
 import time
 from collections import Counter
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 from cli import output
 from core.errors import InvalidInput
 from core.services.mail_intake import (
+    FilingResult,
     RawMail,
     accept_raw_mail,
     list_quarantine,
@@ -29,9 +32,23 @@ from core.services.mail_intake import (
 )
 from core.store import Store
 from core.views import QuarantinedMailView
-from intake.processor import process_one, process_pending
+from intake.processor import process_one, process_pending, reader_pool
 
 STORE_BATCH = 200
+# Filing: messages per transaction, and how many are filed per call of
+# process_pending (the parser processes work one batch ahead within a call).
+FILING_BATCH = 100
+FILING_ROUND = 5000
+# Fewer messages than this are parsed here: starting a parser process costs
+# about as much as parsing a couple of hundred messages.
+PARALLEL_FROM = 2 * FILING_BATCH
+
+
+def parser_workers(messages: int) -> int:
+    """Processes that parse while this one files: one per spare core, at most two; none on one core."""
+    if messages < PARALLEL_FROM:
+        return 0
+    return max(0, min(2, (os.cpu_count() or 1) - 1))
 
 
 def register(top: Any) -> None:
@@ -127,18 +144,10 @@ def _ingest(args: argparse.Namespace, store: Store) -> int:
     sources = find_sources(args.paths)
     progress = Progress(len(sources), enabled=not args.no_progress and sys.stderr.isatty())
     started = time.perf_counter()
-    new = 0
-    for start in range(0, len(sources), STORE_BATCH):
-        batch = [RawMail(s.read(), None, (), source="ingest") for s in sources[start:start + STORE_BATCH]]
-        new += accept_raw_mail(store, batch)
-        progress.stored(len(batch))
-    outcomes: Counter[str] = Counter()
-    while True:
-        results = process_pending(store, limit=STORE_BATCH)
-        if not results:
-            break
-        outcomes.update(r.outcome for r in results)
-        progress.filed(len(results))
+    workers = parser_workers(len(sources))
+    with reader_pool(workers) as readers:  # the parser processes start while the raw bytes are stored
+        new = _store_raw(store, sources, progress)
+        outcomes = _file_all(store, readers, workers, progress)
     progress.done()
     elapsed = time.perf_counter() - started
     summary = {
@@ -156,6 +165,30 @@ def _ingest(args: argparse.Namespace, store: Store) -> int:
         print(f"ingested {len(sources)} messages ({new} new, {len(sources) - new} already stored); "
               f"filed: {filed}; {summary['messages_per_second']} messages/s")
     return 0
+
+
+def _store_raw(store: Store, sources: list[Source], progress: Progress) -> int:
+    """Store every message's bytes first, as the SMTP listener would; returns how many were new."""
+    new = 0
+    for start in range(0, len(sources), STORE_BATCH):
+        batch = [RawMail(s.read(), None, (), source="ingest") for s in sources[start:start + STORE_BATCH]]
+        new += accept_raw_mail(store, batch)
+        progress.stored(len(batch))
+    return new
+
+
+def _file_all(store: Store, readers: Executor | None, workers: int, progress: Progress) -> Counter[str]:
+    """File everything waiting, parsing ahead in ``readers``; stops when a round files nothing more."""
+    outcomes: Counter[str] = Counter()
+
+    def filed(results: list[FilingResult]) -> None:
+        outcomes.update(r.outcome for r in results)
+        progress.filed(len(results))
+
+    while process_pending(store, limit=FILING_ROUND, batch_size=FILING_BATCH, readers=readers,
+                          read_ahead=max(workers, 1), on_batch=filed):
+        pass
+    return outcomes
 
 
 class Progress:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -145,27 +145,29 @@ class UnitOfWork:
         ]
         self._refresh_sla(pending)
         events = append_events(self.session, (p for p, _ in pending), self.now)
-        for event, (item, request) in zip(events, pending):
+        outbox = [
+            {
+                "channel": draft.channel,
+                "topic": draft.topic,
+                "request_id": request.id if request is not None else None,
+                "event_seq": event.seq,
+                "payload": canonical_json(draft.payload),
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": self.now,
+                "created_at": self.now,
+            }
+            for event, (item, request) in zip(events, pending)
             for draft in outbox_for(
                 event.kind,
                 item.data,
                 request_key=request.key if request is not None else None,
                 channel=request.channel if request is not None else None,
                 slack_enabled=self.store.slack_enabled,
-            ):
-                self.session.add(
-                    OutboxMessage(
-                        channel=draft.channel,
-                        topic=draft.topic,
-                        request_id=request.id if request is not None else None,
-                        event_seq=event.seq,
-                        payload=canonical_json(draft.payload),
-                        status="pending",
-                        attempts=0,
-                        next_attempt_at=self.now,
-                        created_at=self.now,
-                    )
-                )
+            )
+        ]
+        if outbox:  # one multi-row INSERT: a unit that files a batch of mail writes many rows
+            self.session.execute(insert(OutboxMessage), outbox)
         self.session.commit()
         self._committed = True
         self._pending.clear()
@@ -180,6 +182,23 @@ class UnitOfWork:
             touched[request.id] = request
             new_events.setdefault(request.id, []).append((item.kind, canonical_json(item.data), self.now))
         sla_tracking.refresh(self.session, self.store.sla_config, list(touched.values()), self.now, new_events)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A SAVEPOINT inside this unit: when the block raises, its row changes and its events are undone.
+
+        The events a block recorded live only in this unit until it commits,
+        so rolling back the database alone would still append them; they are
+        dropped here with it. The error is raised again for the caller.
+        """
+        recorded, fresh = len(self._pending), set(self._sla_fresh)
+        try:
+            with self.session.begin_nested():
+                yield
+        except BaseException:
+            del self._pending[recorded:]
+            self._sla_fresh = fresh
+            raise
 
     def sla_is_fresh(self, request: Request) -> None:
         """The caller has already brought this request's SLA columns up to date in this transaction."""

@@ -3,9 +3,15 @@
 Runs after the ``250``, so nothing here may lose a message: a message that
 cannot be parsed is quarantined with its raw bytes kept; a failure while
 filing is counted and retried, and a message that keeps failing is
-quarantined too, so it never blocks the mail behind it. Filing is one
-transaction per message that also marks the raw row filed, so a processor
-killed at any moment files every message exactly once when it comes back.
+quarantined too, so it never blocks the mail behind it. Filing marks the raw
+row filed in the same transaction, so a processor killed at any moment files
+every message exactly once when it comes back.
+
+:func:`process_pending` files waiting mail in batches, one transaction per
+batch (a commit per message was most of the cost), and can parse the next
+batch in worker processes while the store files the current one: parsing is
+CPU work that needs no database. :func:`process_one` files a single message
+in its own transaction (``quarantine release``).
 
 ``serve`` runs this in a separate process (:class:`ProcessorProcess`): parsing
 is CPU work, and a second process gives the SMTP listener its own core.
@@ -19,7 +25,13 @@ import os
 import multiprocessing.synchronize
 import signal
 import time
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Union
 
 from core.errors import StoreUnavailable
 from core.services.correspondence import InboundMail, NewAttachment
@@ -28,8 +40,10 @@ from core.services.mail_intake import (
     IncomingMail,
     StoredRawMail,
     file_inbound,
+    file_inbound_batch,
     load_inbound,
-    pending_inbound_ids,
+    load_inbound_many,
+    pending_inbound,
     quarantine_unreadable,
     record_filing_failure,
 )
@@ -43,6 +57,31 @@ from intake.parsing import ParsedMail, ParseError, parse_mail, salvage
 log = logging.getLogger("supportdesk.intake")
 
 FINANCE_TEXT_LIMIT = 200_000
+# One transaction files at most this many messages: enough that the commit
+# (an fsync on SQLite) no longer counts, few enough that the SQLite write lock,
+# which the SMTP listener's acceptance also needs, is held for tens of
+# milliseconds only.
+FILING_BATCH = 50
+# ... and at most about this many raw bytes, so a run of large messages is not
+# all held in memory (and sent to a parser process) at once.
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """The parser refused the message: it is quarantined as ``unparseable``, raw bytes kept."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class ReadFailed:
+    """Reading a parsed message raised: counted against the message like a failure to file it."""
+
+    error: str
+
+
+Reading = Union[IncomingMail, Unreadable, ReadFailed]
 
 
 def read_incoming(stored: StoredRawMail, parsed: ParsedMail, settings: Settings) -> IncomingMail:
@@ -78,8 +117,32 @@ def read_incoming(stored: StoredRawMail, parsed: ParsedMail, settings: Settings)
     )
 
 
+def read_stored(stored: StoredRawMail, settings: Settings) -> Reading:
+    """Parse one stored message and read what the store needs. No database, so a worker process can run it.
+
+    A message an agent released is read as well as its broken bytes allow
+    instead of being quarantined again.
+    """
+    try:
+        parsed = parse_mail(stored.raw)
+    except ParseError as exc:
+        if not stored.released:
+            return Unreadable(str(exc))
+        parsed = None
+    try:
+        return read_incoming(stored, parsed if parsed is not None else salvage(stored.raw), settings)
+    except Exception as exc:  # noqa: BLE001 - counted against this message, never the ones after it
+        log.exception("reading mail %s failed", stored.id)
+        return ReadFailed(f"{exc.__class__.__name__}: {exc}")
+
+
+def read_batch(batch: Sequence[StoredRawMail], settings: Settings) -> list[Reading]:
+    """:func:`read_stored` for a batch: what a parser process is sent, one batch per round trip."""
+    return [read_stored(stored, settings) for stored in batch]
+
+
 def process_one(store: Store, inbound_id: int) -> FilingResult | None:
-    """File one received message. Returns None when it must be tried again later.
+    """File one received message in its own transaction. Returns None when it must be tried again later.
 
     A store outage is raised (the caller waits and retries everything);
     anything else is counted against the message.
@@ -87,15 +150,11 @@ def process_one(store: Store, inbound_id: int) -> FilingResult | None:
     stored = load_inbound(store, inbound_id)
     if stored.status != "received":
         return None
+    reading = read_stored(stored, store.settings)
+    if not isinstance(reading, IncomingMail):
+        return _set_aside(store, inbound_id, reading)
     try:
-        parsed = parse_mail(stored.raw)
-    except ParseError as exc:
-        if not stored.released:
-            log.info("mail %s is unparseable, quarantined: %s", inbound_id, exc)
-            return quarantine_unreadable(store, inbound_id, "unparseable", str(exc))
-        parsed = salvage(stored.raw)
-    try:
-        return file_inbound(store, inbound_id, read_incoming(stored, parsed, store.settings))
+        return file_inbound(store, inbound_id, reading)
     except StoreUnavailable:
         raise
     except Exception as exc:  # one bad message must not stop the others; it is retried, then quarantined
@@ -104,20 +163,194 @@ def process_one(store: Store, inbound_id: int) -> FilingResult | None:
         return None
 
 
-def process_pending(store: Store, limit: int = 200) -> list[FilingResult]:
-    """File up to ``limit`` waiting messages, oldest first."""
+def process_pending(
+    store: Store,
+    limit: int = 200,
+    *,
+    batch_size: int = FILING_BATCH,
+    readers: Executor | None = None,
+    read_ahead: int = 1,
+    on_batch: Callable[[list[FilingResult]], None] | None = None,
+) -> list[FilingResult]:
+    """File up to ``limit`` waiting messages, oldest first, ``batch_size`` to a transaction.
+
+    With ``readers`` (a process pool, see :func:`reader_pool`) the next
+    ``read_ahead`` batches are parsed there while this process files the
+    current one. Messages that failed are counted against themselves and
+    left out of the result; a store outage is raised. ``on_batch`` hears
+    each batch's results as soon as it is filed (a progress bar).
+    """
     results: list[FilingResult] = []
-    after = 0
-    while len(results) < limit:
-        ids = pending_inbound_ids(store, limit=min(100, limit - len(results)), after_id=after)
-        if not ids:
-            break
-        for inbound_id in ids:
-            result = process_one(store, inbound_id)
-            if result is not None:
-                results.append(result)
-        after = ids[-1]
+    for batch, readings in _read_ahead(_pending_batches(store, limit, batch_size), store.settings, readers,
+                                       read_ahead):
+        filed = file_batch(store, batch, readings)
+        results.extend(filed)
+        if on_batch is not None:
+            on_batch(filed)
     return results
+
+
+def file_batch(store: Store, batch: Sequence[StoredRawMail], readings: Sequence[Reading]) -> list[FilingResult]:
+    """File a batch in order: each run of readable mail in one transaction, the rest set aside one by one.
+
+    Cutting runs at unreadable messages keeps the audit trail in the order
+    the messages arrived, as filing them one at a time would.
+    """
+    results: list[FilingResult] = []
+    run: list[tuple[int, IncomingMail]] = []
+    for stored, reading in zip(batch, readings, strict=True):
+        if isinstance(reading, IncomingMail):
+            run.append((stored.id, reading))
+            continue
+        results.extend(_file_run(store, run))
+        run = []
+        result = _set_aside(store, stored.id, reading)
+        if result is not None:
+            results.append(result)
+    results.extend(_file_run(store, run))
+    return results
+
+
+@contextmanager
+def reader_pool(workers: int) -> Iterator[Executor | None]:
+    """Worker processes that parse mail for :func:`process_pending`; None (parse here) for ``workers`` 0.
+
+    Spawned, not forked: a fork would copy the parent's database connections.
+    The workers start importing at once, so that cost overlaps whatever the
+    caller does next.
+    """
+    if workers <= 0:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        for _ in range(workers):
+            pool.submit(_warm_up)
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _warm_up() -> None:
+    """Nothing: submitted once per worker so each starts (and imports this module) right away."""
+
+
+def _pending_batches(store: Store, limit: int, batch_size: int) -> Iterator[list[StoredRawMail]]:
+    """Up to ``limit`` waiting messages in batches of at most ``batch_size`` messages and about BATCH_BYTES."""
+    after, listed = 0, 0
+    while listed < limit:
+        page = pending_inbound(store, limit=min(500, limit - listed), after_id=after)
+        if not page:
+            return
+        listed += len(page)
+        after = page[-1][0]
+        ids: list[int] = []
+        size = 0
+        for inbound_id, message_size in page:
+            if ids and (len(ids) >= batch_size or size + message_size > BATCH_BYTES):
+                yield load_inbound_many(store, ids)
+                ids, size = [], 0
+            ids.append(inbound_id)
+            size += message_size
+        if ids:
+            yield load_inbound_many(store, ids)
+
+
+def _read_ahead(
+    batches: Iterator[list[StoredRawMail]], settings: Settings, readers: Executor | None, ahead: int
+) -> Iterator[tuple[list[StoredRawMail], list[Reading]]]:
+    """Each batch with its readings; with ``readers``, ``ahead`` batches are being parsed while one is filed."""
+    depth = max(ahead, 0) if readers is not None else 0  # parsing here: nothing gains from loading early
+    queued: deque[tuple[list[StoredRawMail], Future[list[Reading]] | None]] = deque()
+    for batch in batches:
+        queued.append((batch, _submit(readers, batch, settings)))
+        if len(queued) > depth:
+            yield _collect(*queued.popleft(), settings)
+    while queued:
+        yield _collect(*queued.popleft(), settings)
+
+
+def _submit(readers: Executor | None, batch: list[StoredRawMail], settings: Settings) -> Future[list[Reading]] | None:
+    if readers is None:
+        return None
+    try:
+        return readers.submit(read_batch, batch, settings)
+    except (BrokenProcessPool, RuntimeError):  # the pool died or was shut down: parse here instead
+        log.warning("the mail parser processes are gone; parsing in the filing process")
+        return None
+
+
+def _collect(
+    batch: list[StoredRawMail], future: Future[list[Reading]] | None, settings: Settings
+) -> tuple[list[StoredRawMail], list[Reading]]:
+    """A batch's readings: from its parser process when they are there, else read here.
+
+    Filing is slower than parsing, so the readings are normally waiting. When
+    they are not (the parser processes are still starting, or the machine is
+    busy) this process reads the batch itself rather than sit idle; the
+    worker's copy is dropped.
+    """
+    if future is not None and future.done():
+        try:
+            return batch, future.result()
+        except BrokenProcessPool:
+            log.warning("a mail parser process died; parsing its batch in the filing process")
+    return batch, read_batch(batch, settings)
+
+
+def _file_run(store: Store, run: list[tuple[int, IncomingMail]]) -> list[FilingResult]:
+    """One transaction for a run of readable messages; failures are counted once it has committed.
+
+    When the batch as a whole fails (at commit, where no single message can
+    be blamed), its messages are filed one at a time instead, so the one that
+    fails is counted alone.
+    """
+    if not run:
+        return []
+    try:
+        filed = file_inbound_batch(store, run)
+    except StoreUnavailable as exc:
+        if not _lost_a_lock_race(exc):
+            raise
+        # Two processors batching replies to the same requests in opposite
+        # orders can deadlock on PostgreSQL; one message per transaction cannot.
+        log.warning("a batch of %d messages collided with another processor; filing them one at a time", len(run))
+        return [r for r in (_file_single(store, i, incoming) for i, incoming in run) if r is not None]
+    except Exception:  # noqa: BLE001 - isolate the message at fault by filing one by one
+        log.exception("filing a batch of %d messages failed; filing them one at a time", len(run))
+        return [r for r in (_file_single(store, i, incoming) for i, incoming in run) if r is not None]
+    results: list[FilingResult] = []
+    for result in filed:
+        if result.outcome == "failed":
+            record_filing_failure(store, result.inbound_id, result.error or "filing failed")
+        else:
+            results.append(result)
+    return results
+
+
+def _lost_a_lock_race(exc: StoreUnavailable) -> bool:
+    """PostgreSQL aborted the batch to break a deadlock (or a serialization failure): the store itself is fine."""
+    return getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) in ("40P01", "40001")
+
+
+def _file_single(store: Store, inbound_id: int, incoming: IncomingMail) -> FilingResult | None:
+    try:
+        return file_inbound(store, inbound_id, incoming)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - counted against this message only
+        log.exception("filing mail %s failed", inbound_id)
+        record_filing_failure(store, inbound_id, f"{exc.__class__.__name__}: {exc}")
+        return None
+
+
+def _set_aside(store: Store, inbound_id: int, reading: Unreadable | ReadFailed) -> FilingResult | None:
+    """Quarantine an unreadable message, or count a failed reading against it (None: tried again later)."""
+    if isinstance(reading, Unreadable):
+        log.info("mail %s is unparseable, quarantined: %s", inbound_id, reading.error)
+        return quarantine_unreadable(store, inbound_id, "unparseable", reading.error)
+    record_filing_failure(store, inbound_id, reading.error)
+    return None
 
 
 def run_processor(settings: Settings, wake: multiprocessing.synchronize.Event,
@@ -171,7 +404,7 @@ class ProcessorProcess:
             self.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Let the child finish the message in hand, then wait for it (filing is transactional either way)."""
+        """Let the child finish the batch in hand, then wait for it (filing is transactional either way)."""
         self._stop.set()
         self._wake.set()
         if self._process is None:

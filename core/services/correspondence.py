@@ -276,15 +276,20 @@ def request_of_message(session: Session, message_id: str | None) -> Request | No
     ).scalar_one_or_none()
 
 
+# Built once: building an ORM UPDATE and running it through the ORM cost ten
+# times what the statement itself does, once for every request opened.
+_NEXT_NUMBER = (
+    update(Counter.__table__)
+    .where(Counter.__table__.c.name == "request")
+    .values(value=Counter.__table__.c.value + 1)
+    .returning(Counter.__table__.c.value)
+)
+
+
 def _next_number(session: Session) -> int:
     """The next request number, under the counter row's lock: unique and gapless."""
-    return session.execute(
-        update(Counter)
-        .where(Counter.name == "request")
-        .values(value=Counter.value + 1)
-        .returning(Counter.value)
-        .execution_options(synchronize_session=False)
-    ).scalar_one()
+    session.flush()  # what the session's autoflush did before this UPDATE; nothing when it is clean
+    return session.connection().execute(_NEXT_NUMBER).scalar_one()
 
 
 def _find_invoice(session: Session, number: str, customer: Customer | None, requester: str) -> Invoice:

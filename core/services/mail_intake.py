@@ -3,10 +3,13 @@
 Acceptance stands between the end of SMTP DATA and the ``250``, so it is one
 INSERT per message, batched, with no parsing and no audit event: the raw
 bytes are immutable evidence, keyed by their SHA-256, and a delivery the
-sending server repeats is stored once. Filing happens afterwards, one message
-per transaction: it opens or joins a request, or quarantines the message with
-a reason code, and marks the raw row filed in the same commit, so a crash at
-any point files every message exactly once.
+sending server repeats is stored once. Filing happens afterwards: it opens or
+joins a request, or quarantines the message with a reason code, and marks the
+raw row filed in the same commit, so a crash at any point files every message
+exactly once. :func:`file_inbound` files one message per transaction;
+:func:`file_inbound_batch` files many in one (one commit, one append to the
+audit chain) with a savepoint around each, so a message that cannot be filed
+is rolled back alone.
 
 The gateway (``intake``) reads the bytes; this module decides, with the store
 at hand, what they mean: which request a reply belongs to, which customer
@@ -16,17 +19,21 @@ wrote, whether an invoice number is theirs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, defer
 
 from core.authorization import require_agent
 from core.errors import InvalidInput, NotFound, TransitionRefused
-from core.models import AddressHealth, Customer, Invoice, Message, ReceivedMail, Request
+from core.models import AddressHealth, Customer, CustomerAddress, Invoice, Message, ReceivedMail, Request
 from core.money import Money
 from core.reply_tokens import (
     is_postmaster,
@@ -44,6 +51,8 @@ from core.services.correspondence import (
 )
 from core.store import Store, UnitOfWork, translate_store_errors
 from core.views import QuarantinedMailView
+
+log = logging.getLogger(__name__)
 
 SYSTEM_ACTOR = "system:mail-gateway"
 MAX_FILING_ATTEMPTS = 5
@@ -103,10 +112,13 @@ class IncomingMail:
 @dataclass(frozen=True)
 class FilingResult:
     inbound_id: int
-    outcome: str  # opened, joined, duplicate, quarantined; in_progress while another processor files it
+    # opened, joined, duplicate, quarantined; in_progress while another processor files it;
+    # failed (batch filing only) when filing raised: nothing of it was kept, ``error`` says why
+    outcome: str
     request_key: str | None = None
     reason: str | None = None
     matched_by: str | None = None
+    error: str | None = None
 
 
 def accept_raw_mail(store: Store, items: Sequence[RawMail]) -> int:
@@ -157,19 +169,48 @@ def pending_inbound_ids(store: Store, limit: int = 100, after_id: int = 0) -> li
         )
 
 
+def pending_inbound(store: Store, limit: int = 100, after_id: int = 0) -> list[tuple[int, int]]:
+    """Raw messages not filed yet, oldest first, as (id, size): enough to cut batches by bytes before loading."""
+    with store.read() as session:
+        return [
+            (inbound_id, size)
+            for inbound_id, size in session.execute(
+                select(ReceivedMail.id, ReceivedMail.size)
+                .where(ReceivedMail.status == "received", ReceivedMail.id > after_id)
+                .order_by(ReceivedMail.id)
+                .limit(limit)
+            )
+        ]
+
+
 def load_inbound(store: Store, inbound_id: int) -> StoredRawMail:
     with store.read() as session:
         row = session.get(ReceivedMail, inbound_id)
         if row is None:
             raise NotFound(f"there is no received mail {inbound_id}")
-        return StoredRawMail(
-            id=row.id,
-            raw=row.raw,
-            envelope_from=row.envelope_from,
-            recipients=tuple(r for r in row.recipients.split("\n") if r),
-            status=row.status,
-            released=row.released_at is not None,
-        )
+        return _stored(row)
+
+
+def load_inbound_many(store: Store, inbound_ids: Sequence[int]) -> list[StoredRawMail]:
+    """Several raw messages in one query, in id order; ids that do not exist are left out."""
+    if not inbound_ids:
+        return []
+    with store.read() as session:
+        rows = session.execute(
+            select(ReceivedMail).where(ReceivedMail.id.in_(list(inbound_ids))).order_by(ReceivedMail.id)
+        ).scalars()
+        return [_stored(row) for row in rows]
+
+
+def _stored(row: ReceivedMail) -> StoredRawMail:
+    return StoredRawMail(
+        id=row.id,
+        raw=row.raw,
+        envelope_from=row.envelope_from,
+        recipients=tuple(r for r in row.recipients.split("\n") if r),
+        status=row.status,
+        released=row.released_at is not None,
+    )
 
 
 def file_inbound(store: Store, inbound_id: int, incoming: IncomingMail) -> FilingResult:
@@ -182,10 +223,34 @@ def file_inbound(store: Store, inbound_id: int, incoming: IncomingMail) -> Filin
         row = _claim(uow, inbound_id)
         if row is None:
             return _earlier_result(uow, inbound_id)
-        result = _file(uow, row, incoming)
+        result = _file(uow, row, incoming, _Lookups(uow))
         row.processed_at = uow.now
         uow.commit()
         return result
+
+
+def file_inbound_batch(store: Store, items: Sequence[tuple[int, IncomingMail]]) -> list[FilingResult]:
+    """File many received messages in one transaction; one result per item, in order.
+
+    Each message is filed exactly as :func:`file_inbound` would, in the
+    order given, but the unit commits once and appends every event to the
+    chain at once: a commit (an fsync on SQLite) per message is what made
+    filing slow. A message whose filing raises is rolled back alone, with its
+    events, inside its own savepoint and reported as ``failed`` with the
+    error; the caller counts it with :func:`record_filing_failure` once this
+    call has returned and the batch's locks are gone. A database that is
+    unavailable fails the whole batch (:class:`StoreUnavailable`), which then
+    changed nothing.
+    """
+    if not items:
+        return []
+    with store.unit_of_work() as uow:
+        claimed = _claim_many(uow, [inbound_id for inbound_id, _ in items])
+        batch = _Batch(uow, claimed, items)
+        results = [batch.file(inbound_id, incoming) for inbound_id, incoming in items]
+        batch.mark_filed()
+        uow.commit()
+        return results
 
 
 def quarantine_unreadable(store: Store, inbound_id: int, reason: str, error: str) -> FilingResult:
@@ -280,6 +345,231 @@ def _claim(uow: UnitOfWork, inbound_id: int) -> ReceivedMail | None:
     return uow.session.execute(query).scalar_one_or_none()
 
 
+def _claim_many(uow: UnitOfWork, inbound_ids: list[int]) -> dict[int, ReceivedMail]:
+    """:func:`_claim` for a batch, in one query, before any savepoint.
+
+    The locks are taken outside the savepoints because PostgreSQL releases a
+    row lock taken inside one that is rolled back. The raw bytes are not
+    needed to file a message and are left unloaded. The rows are detached
+    from the session: filing writes their columns in Python, and
+    :meth:`_Batch.mark_filed` writes them all in one UPDATE at the end,
+    instead of one flush per message.
+    """
+    query = (
+        select(ReceivedMail)
+        .where(ReceivedMail.id.in_(inbound_ids), ReceivedMail.status == "received")
+        .options(defer(ReceivedMail.raw))
+    )
+    if not uow.store.is_sqlite:
+        query = query.with_for_update(skip_locked=True)
+    rows = {row.id: row for row in uow.session.execute(query).scalars()}
+    for row in rows.values():
+        uow.session.expunge(row)
+    return rows
+
+
+# Columns of a raw row that filing writes; all of them go into the batch's one UPDATE.
+_FILED_COLUMNS = ("message_id", "from_address", "subject", "status", "outcome", "reason", "matched_by",
+                  "request_id", "message_row_id", "processed_at")
+
+
+class _Lookups:
+    """The questions filing asks the store about each message, asked one at a time (one message per unit)."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+    def request_of_message(self, message_id: str | None) -> Request | None:
+        return request_of_message(self.uow.session, message_id)
+
+    def request_id_of_message(self, message_id: str) -> int | None:
+        request = request_of_message(self.uow.session, message_id)
+        return request.id if request is not None else None
+
+    def recent_requests(self, sender: str) -> int:
+        """Requests the sender opened by mail in the last hour (rate limit and acknowledgments)."""
+        since = self.uow.now - timedelta(hours=1)
+        return self.uow.session.execute(
+            select(func.count())
+            .select_from(Request)
+            .where(Request.requester_email == sender, Request.channel == "email", Request.created_at >= since)
+        ).scalar_one()
+
+    def health(self, address: str) -> AddressHealth | None:
+        return self.uow.session.get(AddressHealth, address)
+
+    def customer(self, address: str) -> Customer | None:
+        return find_customer_by_address(self.uow.session, address)
+
+    def added_health(self, health: AddressHealth) -> None:
+        """A bounce created this address's row."""
+
+
+class _BatchLookups(_Lookups):
+    """The same answers for a batch, read for all its messages at once and kept true as it files them.
+
+    Message-IDs (its own, In-Reply-To, References), address health, recent
+    requests and the customer per sender are selected once; what a message
+    filed in this batch adds is noted after its savepoint is released (filing
+    never adds customers). A message that fails may leave rows the rollback
+    removed, so after one the address health is asked again.
+    """
+
+    def __init__(self, uow: UnitOfWork, items: Sequence[tuple[int, IncomingMail]], senders: set[str]) -> None:
+        super().__init__(uow)
+        session = uow.session
+        wanted = {i for _, incoming in items for i in _message_ids_of(incoming.mail) if i}
+        self._by_message_id: dict[str, int] = {}
+        for chunk in _chunks(sorted(wanted)):
+            self._by_message_id.update(
+                (message_id, request_id)
+                for message_id, request_id in session.execute(
+                    select(Message.message_id, Message.request_id).where(Message.message_id.in_(chunk))
+                )
+            )
+        self._health: dict[str, AddressHealth | None] = dict.fromkeys(senders)
+        self._recent: dict[str, int] = dict.fromkeys(senders, 0)
+        since = uow.now - timedelta(hours=1)
+        for chunk in _chunks(sorted(senders)):
+            self._health.update((h.address, h) for h in session.execute(
+                select(AddressHealth).where(AddressHealth.address.in_(chunk))).scalars())
+            self._recent.update((sender, count) for sender, count in session.execute(
+                select(Request.requester_email, func.count())
+                .where(Request.requester_email.in_(chunk), Request.channel == "email", Request.created_at >= since)
+                .group_by(Request.requester_email)
+            ))
+        self._customers = _CustomersOf(session, senders)
+
+    def request_of_message(self, message_id: str | None) -> Request | None:
+        request_id = self._by_message_id.get(message_id) if message_id else None
+        return self.uow.session.get(Request, request_id) if request_id is not None else None
+
+    def request_id_of_message(self, message_id: str) -> int | None:
+        return self._by_message_id.get(message_id)
+
+    def recent_requests(self, sender: str) -> int:
+        if sender not in self._recent:
+            self._recent[sender] = super().recent_requests(sender)
+        return self._recent[sender]
+
+    def health(self, address: str) -> AddressHealth | None:
+        if address not in self._health:
+            self._health[address] = super().health(address)
+        return self._health[address]
+
+    def customer(self, address: str) -> Customer | None:
+        found = self._customers.get(address)
+        return super().customer(address) if found is False else found
+
+    def added_health(self, health: AddressHealth) -> None:
+        self._health[health.address] = health
+
+    def filed(self, incoming: IncomingMail, row: ReceivedMail) -> None:
+        """Note what a message that was just filed added: its Message-ID, and maybe a request of its sender."""
+        if row.outcome not in ("opened", "joined"):
+            return
+        if incoming.mail.message_id and row.request_id is not None:
+            self._by_message_id[incoming.mail.message_id] = row.request_id
+        sender = _sender(incoming, row)
+        if row.outcome == "opened" and sender in self._recent:
+            self._recent[sender] += 1
+        else:
+            self._recent.pop(sender, None)  # a reply to a closed request may have opened a follow-up: ask again
+
+    def failed(self) -> None:
+        self._health.clear()
+
+
+class _CustomersOf:
+    """:func:`find_customer_by_address` for many senders in two queries: the exact address wins over its domain.
+
+    Addresses and domains are unique per kind, so each maps to one customer.
+    """
+
+    def __init__(self, session: Session, senders: set[str]) -> None:
+        self._senders = {a.strip().lower() for a in senders}
+        self._by_kind: dict[str, dict[str, Customer]] = {"email": {}, "domain": {}}
+        values = {"email": self._senders, "domain": {_domain(a) for a in self._senders}}
+        for kind, wanted in values.items():
+            for chunk in _chunks(sorted(wanted)):
+                self._by_kind[kind].update(
+                    (value, customer)
+                    for value, customer in session.execute(
+                        select(CustomerAddress.value, Customer)
+                        .join(Customer, Customer.id == CustomerAddress.customer_id)
+                        .where(CustomerAddress.kind == kind, CustomerAddress.value.in_(chunk))
+                    )
+                )
+
+    def get(self, address: str) -> Customer | None | Literal[False]:
+        """The customer, None for nobody's address, False when ``address`` was not one of the senders."""
+        address = address.strip().lower()
+        if address not in self._senders:
+            return False
+        return self._by_kind["email"].get(address) or self._by_kind["domain"].get(_domain(address))
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def _message_ids_of(mail: InboundMail) -> tuple[str | None, ...]:
+    return (mail.message_id, mail.in_reply_to, *mail.references)
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+class _Batch:
+    """One unit of work filing many messages, each in its own savepoint."""
+
+    def __init__(self, uow: UnitOfWork, claimed: dict[int, ReceivedMail],
+                 items: Sequence[tuple[int, IncomingMail]]) -> None:
+        self.uow = uow
+        self.claimed = claimed
+        senders = {_sender(incoming, claimed[i]) for i, incoming in items if i in claimed}
+        self.lookups = _BatchLookups(uow, items, senders - {""})
+        self.done: dict[int, FilingResult] = {}
+        self.rows: list[ReceivedMail] = []
+
+    def file(self, inbound_id: int, incoming: IncomingMail) -> FilingResult:
+        """File one message inside a savepoint: a failure undoes this message only and is reported."""
+        if inbound_id in self.done:  # listed twice: filed already, as file_inbound would find it
+            return self.done[inbound_id]
+        row = self.claimed.pop(inbound_id, None)
+        try:
+            with self.uow.savepoint():
+                if row is None:  # another processor has it or had it
+                    return _earlier_result(self.uow, inbound_id)
+                result = _file(self.uow, row, incoming, self.lookups)
+        except Exception as exc:  # one bad message must not stop the others; it is counted, retried, quarantined
+            if _database_failing(exc):
+                raise  # no message could be filed now: the whole batch is rolled back and tried again later
+            log.exception("filing mail %s failed; it was rolled back alone", inbound_id)
+            self.lookups.failed()
+            return FilingResult(inbound_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        row.processed_at = self.uow.now
+        self.rows.append(row)
+        self.lookups.filed(incoming, row)
+        self.done[inbound_id] = result
+        return result
+
+    def mark_filed(self) -> None:
+        """Write the filed rows' columns in one UPDATE (the rows are detached, see :func:`_claim_many`)."""
+        if self.rows:
+            self.uow.session.execute(
+                update(ReceivedMail),
+                [{"id": row.id, **{name: getattr(row, name) for name in _FILED_COLUMNS}} for row in self.rows],
+            )
+
+
+def _database_failing(exc: Exception) -> bool:
+    """The errors :func:`translate_store_errors` turns into StoreUnavailable: the store, not the message."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
 def _earlier_result(uow: UnitOfWork, inbound_id: int) -> FilingResult:
     """What became of a message this call could not claim; ``in_progress`` while another processor holds it."""
     row = uow.session.get(ReceivedMail, inbound_id)
@@ -293,53 +583,59 @@ def _earlier_result(uow: UnitOfWork, inbound_id: int) -> FilingResult:
     return FilingResult(row.id, row.outcome or row.status, key, row.reason, row.matched_by)
 
 
-def _file(uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail) -> FilingResult:
+def _sender(incoming: IncomingMail, row: ReceivedMail) -> str:
+    return (incoming.mail.from_address or row.envelope_from or "").strip().lower()
+
+
+def _file(uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, lookups: _Lookups) -> FilingResult:
     settings = uow.store.settings
     mail = incoming.mail
     released = row.released_at is not None
-    sender = (mail.from_address or row.envelope_from or "").strip().lower()
+    sender = _sender(incoming, row)
     row.message_id = (mail.message_id or "")[:998] or None
     row.from_address = sender[:320] or None
     row.subject = " ".join((mail.subject or "").split())[:998] or None
 
-    existing = request_of_message(uow.session, mail.message_id)
+    existing = lookups.request_of_message(mail.message_id)
     if existing is not None:
         return _finish(row, "duplicate", existing, reason="duplicate_message_id")
 
     if not released:
-        held = _held_back(uow, row, incoming, sender)
+        held = _held_back(uow, row, incoming, sender, lookups)
         if held is not None:
             reason, related = held
             return _quarantine(uow, row, reason, related)
 
     mail = replace(mail, from_address=sender)
-    request, matched_by = _thread(uow, row, incoming, sender)
+    request, matched_by = _thread(uow, row, incoming, sender, lookups)
     automatic = incoming.automatic is not None and not released
     if request is not None:
         mail = replace(mail, is_automatic=automatic)
         landed, message = join_request(uow, request, mail, None)
         if not automatic:
-            _clear_failing(uow, sender)
+            _clear(lookups.health(sender), uow.now)
         return _finish(row, "joined", landed, matched_by=matched_by, reason=incoming.automatic if automatic else None,
                        message=message)
     if automatic:
         return _quarantine(uow, row, incoming.automatic or "auto_reply", None)
-    if not released and _recent_requests(uow, sender) >= settings.new_requests_per_sender_hour:
+    recent = None if released else lookups.recent_requests(sender)  # counted once: opening is what adds one
+    if recent is not None and recent >= settings.new_requests_per_sender_hour:
         return _quarantine(uow, row, "rate_limited", None)
-    request, message = _open(uow, row, incoming, mail, sender, released)
-    _clear_failing(uow, sender)
+    health = lookups.health(sender)  # read once: it decides the acknowledgment, then is cleared
+    request, message = _open(uow, row, incoming, mail, sender, recent, health, lookups)
+    _clear(health, uow.now)
     return _finish(row, "opened", request, message=message)
 
 
 def _held_back(
-    uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, sender: str
+    uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, sender: str, lookups: _Lookups
 ) -> tuple[str, Request | None] | None:
     """Why a message must not reach a request as customer mail, checked before threading."""
     settings = uow.store.settings
     if incoming.automatic == "loop" or sender in settings.support_addresses:
         return "loop", None
     if incoming.automatic == "bounce":
-        return "bounce", _note_bounce(uow, incoming)
+        return "bounce", _note_bounce(uow, incoming, lookups)
     recipients = [r for r in row.recipients.split("\n") if r]
     if recipients and all(is_postmaster(r, settings.support_addresses) for r in recipients):
         return "postmaster", None
@@ -348,7 +644,7 @@ def _held_back(
     return None
 
 
-def _note_bounce(uow: UnitOfWork, incoming: IncomingMail) -> Request | None:
+def _note_bounce(uow: UnitOfWork, incoming: IncomingMail, lookups: _Lookups) -> Request | None:
     """Mark the addresses our own mail bounced from; a bounce of somebody else's mail changes nothing."""
     domains = support_domains(uow.store.settings.support_addresses)
     tokens = [t for t in (token_in_message_id(m, domains) for m in incoming.bounced_message_ids) if t]
@@ -357,10 +653,11 @@ def _note_bounce(uow: UnitOfWork, incoming: IncomingMail) -> Request | None:
     request = uow.session.execute(select(Request).where(Request.reply_token == tokens[0])).scalar_one_or_none()
     for address in incoming.bounced_recipients:
         address = address.strip().lower()[:320]
-        health = uow.session.get(AddressHealth, address)
+        health = lookups.health(address)
         if health is None:
             health = AddressHealth(address=address, failures=0, first_failed_at=uow.now)
             uow.session.add(health)
+            lookups.added_health(health)
         health.failing = True
         health.failures = (health.failures or 0) + 1
         health.last_failed_at = uow.now
@@ -371,15 +668,15 @@ def _note_bounce(uow: UnitOfWork, incoming: IncomingMail) -> Request | None:
     return request
 
 
-def _clear_failing(uow: UnitOfWork, sender: str) -> None:
-    health = uow.session.get(AddressHealth, sender)
+def _clear(health: AddressHealth | None, now: datetime) -> None:
+    """The address wrote to us, so it receives mail again."""
     if health is not None and health.failing:
         health.failing = False
-        health.cleared_at = uow.now
+        health.cleared_at = now
 
 
 def _thread(
-    uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, sender: str
+    uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, sender: str, lookups: _Lookups
 ) -> tuple[Request | None, str | None]:
     """The request this message answers, and how we know: reply token, header, or a trusted subject tag."""
     settings = uow.store.settings
@@ -396,14 +693,15 @@ def _thread(
     domains = support_domains(settings.support_addresses)
     for message_id in ids:
         token = token_in_message_id(message_id, domains)
-        request = _by_token(uow, token) if token else None
-        if request is None:
-            request = request_of_message(session, message_id)
+        request = _by_token(uow, token) if token else None  # locked already
         if request is not None:
-            return uow.lock_request(request.id), "header"
+            return request, "header"
+        request_id = lookups.request_id_of_message(message_id)
+        if request_id is not None:
+            return uow.lock_request(request_id), "header"
     for number in incoming.subject_keys:
         request = session.execute(select(Request).where(Request.number == number)).scalar_one_or_none()
-        if request is not None and _may_use_tag(uow, request, sender):
+        if request is not None and _may_use_tag(request, sender, lookups):
             return uow.lock_request(request.id), "subject_tag"
     return None, None
 
@@ -413,32 +711,35 @@ def _by_token(uow: UnitOfWork, token: str) -> Request | None:
     return uow.lock_request(request_id) if request_id is not None else None
 
 
-def _may_use_tag(uow: UnitOfWork, request: Request, sender: str) -> bool:
+def _may_use_tag(request: Request, sender: str, lookups: _Lookups) -> bool:
     """A ``[SR-12]`` tag is easy to type: trust it only from the requester or the same customer."""
     if sender == request.requester_email:
         return True
     if request.customer_id is None:
         return False
-    customer = find_customer_by_address(uow.session, sender)
+    customer = lookups.customer(sender)
     return customer is not None and customer.id == request.customer_id
 
 
-def _recent_requests(uow: UnitOfWork, sender: str) -> int:
-    since = uow.now - timedelta(hours=1)
-    return uow.session.execute(
-        select(func.count())
-        .select_from(Request)
-        .where(Request.requester_email == sender, Request.channel == "email", Request.created_at >= since)
-    ).scalar_one()
-
-
 def _open(
-    uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, mail: InboundMail, sender: str, released: bool
+    uow: UnitOfWork,
+    row: ReceivedMail,
+    incoming: IncomingMail,
+    mail: InboundMail,
+    sender: str,
+    recent: int | None,
+    health: AddressHealth | None,
+    lookups: _Lookups,
 ) -> tuple[Request, Message]:
-    """A new request: customer by address then domain, invoice and disputed amount if they are the customer's."""
+    """A new request: customer by address then domain, invoice and disputed amount if they are the customer's.
+
+    ``recent`` is the sender's requests of the last hour, None for released
+    mail (never acknowledged); ``health`` is the sender's address health.
+    """
+    released = recent is None
     flags: list[str] = list(mail.flags)
     extra: dict[str, object] = {"inbound_mail": row.id}
-    customer = find_customer_by_address(uow.session, sender)
+    customer = lookups.customer(sender)
     if customer is None:
         flags.append("unknown_sender")
     elif customer.kyc_status == "verified" and mail.auth_verdict != "pass":
@@ -461,9 +762,9 @@ def _open(
     if released:
         extra["released_by"] = row.released_by
     acknowledge = (
-        not released
-        and _recent_requests(uow, sender) < uow.store.settings.acks_per_sender_hour
-        and not _is_failing(uow, sender)
+        recent is not None
+        and recent < uow.store.settings.acks_per_sender_hour
+        and not (health is not None and health.failing)
     )
     mail = replace(mail, flags=tuple(dict.fromkeys(flags)))
     message = log_new_request(uow, request, mail, None, acknowledge=acknowledge, extra=extra)
@@ -481,7 +782,8 @@ def _finance(
     invoice: Invoice | None = None
     unmatched: list[str] = []
     for number in incoming.invoice_numbers:
-        found = uow.session.execute(select(Invoice).where(Invoice.number == number)).scalar_one_or_none()
+        # Without a customer no invoice can be theirs: every number is unmatched, so none is looked up.
+        found = None if customer is None else _invoice(uow, number)
         if found is not None and customer is not None and found.customer_id == customer.id and invoice is None:
             invoice = found
         elif found is None or customer is None or found.customer_id != customer.id:
@@ -502,9 +804,8 @@ def _finance(
     return invoice, None
 
 
-def _is_failing(uow: UnitOfWork, address: str) -> bool:
-    health = uow.session.get(AddressHealth, address)
-    return bool(health and health.failing)
+def _invoice(uow: UnitOfWork, number: str) -> Invoice | None:
+    return uow.session.execute(select(Invoice).where(Invoice.number == number)).scalar_one_or_none()
 
 
 def _quarantine(uow: UnitOfWork, row: ReceivedMail, reason: str, related: Request | None) -> FilingResult:

@@ -7,9 +7,10 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from core import services
+from core.audit import verify_chain
 from core.clock import FixedClock
 from core.errors import NotFound, PermissionDenied, TransitionRefused
 from core.models import AddressHealth, Event, Message, OutboxMessage, ReceivedMail, Request
@@ -22,6 +23,7 @@ from core.services.mail_intake import (
     RawMail,
     accept_raw_mail,
     file_inbound,
+    file_inbound_batch,
     list_quarantine,
     pending_inbound_ids,
     quarantine_unreadable,
@@ -30,6 +32,7 @@ from core.services.mail_intake import (
 )
 from core.store import Store
 from tests import factories as f
+from tests.conftest import TABLES, _reset_postgres
 from tests.core.snapshots import unchanged
 
 SUPPORT = "support@localhost"
@@ -406,6 +409,187 @@ def test_two_processors_filing_the_same_message_file_it_once(store: Store) -> No
     with store.read() as session:
         assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 1
     assert outbox_topics(store) == ["acknowledgment"]
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def batch_scenario() -> list[IncomingMail]:
+    """Mail that takes every path, several of them depending on mail earlier in the same batch."""
+    flood = [incoming("flood@x.test", f"flood {n}", message_id=f"<flood{n}@x.test>") for n in range(22)]
+    return [
+        incoming(message_id="<b1@acme.test>", invoices=("INV-100",), amounts=("120.00 EUR",)),
+        incoming("colleague@acme.test", message_id="<b2@acme.test>", in_reply_to="<b1@acme.test>"),  # joins b1
+        incoming(message_id="<b1@acme.test>"),  # a duplicate of the first
+        incoming("stranger@elsewhere.test", message_id="<b4@elsewhere.test>", invoices=("INV-100",)),
+        incoming("robot@x.test", message_id="<b5@x.test>", automatic="auto_reply"),
+        incoming(SUPPORT, message_id="<b6@x.test>"),
+        incoming("mailer-daemon@x.test", message_id="<b7@x.test>", automatic="bounce",
+                 bounced_recipients=("someone@x.test",), bounced_message_ids=("<foreign@x.test>",)),
+        incoming("billing@acme.test", message_id="<b8@acme.test>", subject_keys=(2,)),  # the tag of b1's request
+        incoming(message_id="<b9@acme.test>", references=("<closed@acme.test>",)),  # a follow-up of SR-1
+        incoming(message_id="<b10@acme.test>", subject="again"),  # jane's fourth request this hour: no ack
+        incoming("ops@pending.test", message_id="<b11@pending.test>"),  # failing: not acknowledged, then cleared
+        *flood,  # 20 opened, 3 of them acknowledged, then rate limited
+    ]
+
+
+def prepare_batch(store: Store, mails: list[IncomingMail]) -> list[tuple[int, IncomingMail]]:
+    """The same starting point every time: a closed request, a failing address, the raw mail stored."""
+    f.seed(store)
+    file_new(store, incoming(message_id="<closed@acme.test>"))
+    services.claim(store, "SR-1", actor=f.AGENT)
+    services.resolve(store, "SR-1", note="done", actor=f.AGENT)
+    services.close(store, "SR-1", actor=f.AGENT)
+    with store.unit_of_work() as uow:
+        uow.session.add(AddressHealth(address="ops@pending.test", failing=True, failures=1,
+                                      first_failed_at=uow.now, last_failed_at=uow.now))
+        uow.commit()
+    return [(received(store, f"X-Batch: {n}\r\n\r\nx\r\n".encode()), mail) for n, mail in enumerate(mails)]
+
+
+def filed_state(store: Store) -> dict[str, list[tuple[object, ...]]]:
+    """Everything filing writes, in order, without what is random (reply tokens)."""
+    queries = {
+        "requests": select(Request.id, Request.number, Request.subject, Request.status, Request.requester_email,
+                           Request.customer_id, Request.invoice_id, Request.category, Request.follows_up_id,
+                           Request.disputed_amount_minor, Request.first_response_due_at, Request.sla_policy),
+        "messages": select(Message.id, Message.request_id, Message.message_id, Message.from_address, Message.flags,
+                           Message.is_automatic, Message.body_text),
+        "events": select(Event.seq, Event.kind, Event.request_id, Event.actor, Event.data, Event.hash),
+        "outbox": select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.request_id, OutboxMessage.event_seq),
+        "inbound": select(ReceivedMail.id, ReceivedMail.status, ReceivedMail.outcome, ReceivedMail.reason,
+                          ReceivedMail.matched_by, ReceivedMail.request_id, ReceivedMail.message_row_id,
+                          ReceivedMail.message_id, ReceivedMail.from_address, ReceivedMail.subject,
+                          ReceivedMail.processed_at, ReceivedMail.attempts),
+        "health": select(AddressHealth.address, AddressHealth.failing, AddressHealth.failures,
+                         AddressHealth.cleared_at),
+    }
+    with store.read() as session:
+        return {name: [tuple(r) for r in session.execute(q.order_by(*q.selected_columns[:1])).all()]
+                for name, q in queries.items()}
+
+
+def empty_database(store: Store, url: str) -> None:
+    """Back to a freshly migrated database, ids starting at 1 again (what the ``database`` fixture gives)."""
+    if not store.is_sqlite:
+        store.engine.dispose()
+        _reset_postgres(url)
+        return
+    with store.engine.begin() as conn:
+        for table in TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))
+        if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")).first():
+            conn.execute(text("DELETE FROM sqlite_sequence"))
+        conn.execute(text("INSERT INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, :h)"), {"h": "0" * 64})
+        conn.execute(text("INSERT INTO counters (name, value) VALUES ('request', 0)"))
+
+
+def test_a_batch_files_exactly_as_one_message_at_a_time(store: Store) -> None:
+    mails = batch_scenario()
+    items = prepare_batch(store, mails)
+    one_by_one = [file_inbound(store, inbound_id, mail) for inbound_id, mail in items]
+    expected = filed_state(store)
+
+    empty_database(store, store.settings.database_url)
+    assert prepare_batch(store, mails) == items
+    batched = file_inbound_batch(store, items)
+
+    assert batched == one_by_one
+    assert filed_state(store) == expected  # rows, events (hashes too: same order, same contents), outbox
+    outcomes = [(r.outcome, r.request_key, r.reason, r.matched_by) for r in batched[:11]]
+    assert outcomes == [
+        ("opened", "SR-2", None, None),
+        ("joined", "SR-2", None, "header"),
+        ("duplicate", "SR-2", "duplicate_message_id", None),
+        ("opened", "SR-3", None, None),
+        ("quarantined", None, "auto_reply", None),
+        ("quarantined", None, "loop", None),
+        ("quarantined", None, "bounce", None),
+        ("joined", "SR-2", None, "subject_tag"),
+        ("joined", "SR-4", None, "header"),
+        ("opened", "SR-5", None, None),
+        ("opened", "SR-6", None, None),
+    ]
+    assert [r.outcome for r in batched[11:]] == ["opened"] * 20 + ["quarantined"] * 2
+    assert batched[-1].reason == "rate_limited"
+    with store.read() as session:
+        assert verify_chain(session).ok
+        acknowledged = [json.loads(d)["requester"] for d in session.execute(
+            select(Event.data).where(Event.kind == "request.opened").order_by(Event.seq)).scalars()
+            if json.loads(d)["acknowledge"]]
+        assert session.get(AddressHealth, "ops@pending.test").failing is False  # type: ignore[union-attr]
+    # SR-1 (before the batch), SR-2, SR-3, the follow-up SR-4; not SR-5, jane's fourth this hour; 3 of the flood.
+    jane = "jane@acme.test"
+    assert acknowledged == [jane, jane, "stranger@elsewhere.test", jane] + ["flood@x.test"] * 3
+
+
+def test_a_message_whose_filing_raises_is_rolled_back_alone(store: Store) -> None:
+    f.seed(store)
+    good = received(store, b"1\r\n")
+    poison = received(store, b"2\r\n", envelope_from="a@b@c.test")  # passes the sender check, not the address check
+    after = received(store, b"3\r\n")
+    results = file_inbound_batch(store, [(good, incoming()), (poison, incoming("")),
+                                         (after, incoming("stranger@elsewhere.test"))])
+
+    assert [(r.outcome, r.request_key) for r in results] == [("opened", "SR-1"), ("failed", None), ("opened", "SR-2")]
+    assert results[1].error is not None and results[1].error.startswith("InvalidInput: sender 'a@b@c.test'")
+    left = row(store, poison)
+    assert (left.status, left.outcome, left.message_id, left.attempts) == ("received", None, None, 0)
+    assert pending_inbound_ids(store) == [poison]
+    with store.read() as session:
+        # The request number the failed message took was given back with its savepoint, and its event dropped.
+        assert list(session.execute(select(Request.number).order_by(Request.id)).scalars()) == [1, 2]
+        opened = session.execute(select(Event.data).where(Event.kind == "request.opened")).scalars().all()
+        assert [json.loads(d)["requester"] for d in opened] == ["jane@acme.test", "stranger@elsewhere.test"]
+        assert verify_chain(session).ok
+    assert outbox_topics(store) == ["acknowledgment", "acknowledgment"]
+    assert record_filing_failure(store, poison, results[1].error) is False
+    assert row(store, poison).attempts == 1
+
+
+def test_a_database_error_in_one_message_leaves_the_others_filed(store: Store) -> None:
+    f.seed(store)
+    long_id = "<" + "x" * 1000 + "@acme.test>"  # longer than the column: PostgreSQL refuses it, SQLite keeps it
+    ids = [received(store, f"{n}\r\n".encode()) for n in range(3)]
+    results = file_inbound_batch(store, [(ids[0], incoming()), (ids[1], incoming(message_id=long_id)),
+                                         (ids[2], incoming("stranger@elsewhere.test"))])
+    if store.is_sqlite:
+        assert [r.request_key for r in results] == ["SR-1", "SR-2", "SR-3"]
+        return
+    assert [(r.outcome, r.request_key) for r in results] == [("opened", "SR-1"), ("failed", None), ("opened", "SR-2")]
+    assert "DataError" in (results[1].error or "")
+    assert pending_inbound_ids(store) == [ids[1]]
+    with store.read() as session:
+        assert verify_chain(session).ok
+        assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 2
+
+
+def test_a_batch_skips_mail_filed_already_and_lists_a_repeated_message_once(store: Store) -> None:
+    f.seed(store)
+    first, second = received(store, b"1\r\n"), received(store, b"2\r\n")
+    earlier = file_inbound(store, first, incoming())
+    mail = incoming("stranger@elsewhere.test")
+    results = file_inbound_batch(store, [(first, incoming()), (second, mail), (second, mail)])
+    assert results == [earlier, results[1], results[1]]
+    assert (results[1].outcome, results[1].request_key) == ("opened", "SR-2")
+    with store.read() as session:
+        assert session.execute(select(func.count()).select_from(Request)).scalar_one() == 2
+
+
+def test_a_bounce_in_a_batch_holds_back_the_acknowledgment_of_a_later_message(store: Store) -> None:
+    f.seed(store)
+    file_new(store, incoming("ops@pending.test"))
+    token = token_of(store, "SR-1")
+    bounce = incoming("mailer-daemon@mx.pending.test", automatic="bounce", bounced_recipients=("ops@pending.test",),
+                      bounced_message_ids=(f"<ack.outbox-1.{token}@localhost>",))
+    ids = [received(store, b"b\r\n", envelope_from=""), received(store, b"n\r\n")]
+    results = file_inbound_batch(store, [(ids[0], bounce), (ids[1], incoming("ops@pending.test", "another"))])
+    assert [(r.outcome, r.reason) for r in results] == [("quarantined", "bounce"), ("opened", None)]
+    assert outbox_topics(store).count("acknowledgment") == 1
+    with store.read() as session:
+        health = session.get(AddressHealth, "ops@pending.test")
+        assert health is not None and health.failing is False and health.failures == 1
 
 
 def services_detail(store: Store, key: str):  # type: ignore[no-untyped-def]
