@@ -49,3 +49,7 @@ class StoreUnavailable(SupportdeskError):
     """The database cannot be reached or is locked for too long; try again later."""
 
     code = "store_unavailable"
+
+
+class StoreBusy(StoreUnavailable):
+    """SQLite's write lock is held by another writer: it will be free in moments, so a caller may retry at once."""

@@ -10,6 +10,7 @@ without committing rolls back, so a refusal halfway leaves the store as it was.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from core.audit import PendingEvent, append_events, canonical_json
 from core.clock import Clock, SystemClock
 from core.db import make_engine, make_session_factory, read_engine
-from core.errors import Conflict, StoreUnavailable
+from core.errors import Conflict, StoreBusy, StoreUnavailable
 from core.models import OutboxMessage, Request
 from core.notification_policy import outbox_for
 from core import sla_tracking
@@ -93,12 +94,20 @@ def translate_store_errors() -> Iterator[None]:
         raise Conflict("somebody changed this at the same moment; look again and retry") from exc
     except OperationalError as exc:
         reason = _first_line(exc.orig) if exc.orig is not None else exc.__class__.__name__
+        if _sqlite_busy(exc.orig):
+            raise StoreBusy(f"the database is busy ({reason}); try again shortly") from exc
         log.info("store unavailable: %s", reason)
         raise StoreUnavailable(f"the database is unavailable right now ({reason}); try again shortly") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise StoreUnavailable("the connection to the database was lost; try again shortly") from exc
         raise
+
+
+def _sqlite_busy(error: BaseException | None) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, extended codes included: another connection holds the lock."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in (5, 6)
 
 
 def _first_line(error: BaseException) -> str:

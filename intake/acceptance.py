@@ -5,15 +5,26 @@ single writer thread (the event loop never waits on the database) and puts
 every message that arrived while the previous commit ran into the next
 transaction. Under load that is one commit for many messages; alone, a
 message waits for nothing but its own commit.
+
+On SQLite the acceptance commit shares one write lock with the mail
+processor and the outbox delivery. SQLite's own busy handler sleeps 1, 2, 5,
+10, 15, 20, 25 ms and more between tries, so a session could wait tens of
+milliseconds after the lock was already free; the acceptor therefore opens
+its connections with no busy wait and retries every half millisecond itself,
+for as long as the store's own busy timeout allows; then the sessions answer
+``451``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from core.db import SQLITE_BUSY_TIMEOUT_MS, make_engine
+from core.errors import StoreBusy
 from core.services.mail_intake import RawMail, accept_raw_mail
 from core.store import Store
 
@@ -21,13 +32,15 @@ log = logging.getLogger("supportdesk.intake")
 
 MAX_BATCH_MESSAGES = 128
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+LOCK_RETRY = 0.0005  # seconds between tries for SQLite's write lock
 
 
 class Acceptor:
     """Group commit of raw mail for every SMTP session of the process."""
 
     def __init__(self, store: Store, on_committed: Callable[[], None] | None = None) -> None:
-        self._store = store
+        self._store, self._lock_wait = _without_busy_wait(store)
+        self._own_store = self._store is not store
         self._on_committed = on_committed
         self._queue: list[tuple[RawMail, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -59,6 +72,8 @@ class Acceptor:
             await self._writer
             self._writer = None
         self._executor.shutdown(wait=True)
+        if self._own_store:
+            self._store.dispose()
 
     async def _run(self) -> None:
         while True:
@@ -81,7 +96,7 @@ class Acceptor:
     async def _commit(self, batch: list[tuple[RawMail, asyncio.Future[None]]]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, accept_raw_mail, self._store, [item for item, _ in batch])
+            await loop.run_in_executor(self._executor, self._commit_now, [item for item, _ in batch])
         except Exception as exc:  # every waiting session answers 451; the message is not ours yet
             for _, future in batch:
                 if not future.done():
@@ -92,6 +107,41 @@ class Acceptor:
                 future.set_result(None)
         if self._on_committed is not None:
             self._on_committed()
+
+
+    def _commit_now(self, items: Sequence[RawMail]) -> None:
+        """On the writer thread: commit, retrying at once while another writer holds SQLite's lock."""
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                accept_raw_mail(self._store, items)
+                return
+            except StoreBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(LOCK_RETRY)
+
+
+def _without_busy_wait(store: Store) -> tuple[Store, float]:
+    """The same SQLite database with connections that fail at once when locked, and how long ``store`` would wait.
+
+    Other stores are returned as they are (PostgreSQL has no database-wide
+    write lock), with no retrying.
+    """
+    url = store.engine.url
+    if not store.is_sqlite or url.database in (None, "", ":memory:"):
+        return store, 0.0
+    busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS
+    try:
+        connection = store.engine.raw_connection()  # not engine.connect(): that would begin a write transaction
+        try:
+            busy_timeout_ms = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+        finally:
+            connection.close()
+    except Exception:  # noqa: BLE001 - a database that cannot be opened fails at the first commit, with a 451
+        log.debug("could not read the SQLite busy timeout; using the default", exc_info=True)
+    engine = make_engine(url.render_as_string(hide_password=False), connect_args={"timeout": 0})
+    return Store(engine, store.clock, store.settings), busy_timeout_ms / 1000
 
 
 def _consume_exception(future: asyncio.Future[None]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import smtplib
@@ -12,6 +13,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import select, text
 
@@ -173,6 +175,29 @@ def test_a_store_that_cannot_commit_answers_451_and_the_retry_is_stored_once(sto
         assert client.sendmail("jane@acme.test", ["support@localhost"], raw) == {}
         assert client.sendmail("jane@acme.test", ["support@localhost"], raw) == {}
     assert [r.raw for r in stored(store)] == [raw]
+
+
+def test_a_write_lock_held_for_a_moment_by_another_writer_is_waited_out_and_answered_250(store: Store) -> None:
+    """Another writer holds the lock for 0.3 s: the session hears 250, not 451, and the message is stored once.
+
+    On SQLite the acceptor retries the database lock itself (its connections
+    do not wait); on PostgreSQL the INSERT waits for the table lock.
+    """
+    if store.is_sqlite:
+        locker = sqlite3.connect(store.engine.url.database, isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN IMMEDIATE")
+        release = functools.partial(locker.execute, "ROLLBACK")
+    else:
+        locker = psycopg.connect(store.engine.url.set(drivername="postgresql").render_as_string(False))
+        locker.execute("LOCK TABLE inbound_mail IN EXCLUSIVE MODE")
+        release = locker.rollback
+    released = threading.Timer(0.3, release)
+    with running_gateway(store) as gw, gw.client() as client:
+        released.start()
+        assert client.sendmail("jane@acme.test", ["support@localhost"], message(subject="wait for it")) == {}
+    released.join()
+    locker.close()
+    assert len(stored(store)) == 1 and gw.gateway.counters.temporary_failures == 0
 
 
 def test_an_unexpected_store_error_is_451_never_500_and_leaks_nothing(store: Store, tmp_path: Path) -> None:

@@ -23,11 +23,11 @@ from sqlalchemy.exc import OperationalError
 
 from core.audit import verify_chain
 from core.clock import FixedClock
+from core.db import make_engine
 from core.errors import StoreUnavailable
 from core.models import Event, ReceivedMail
 from core.settings import Settings
 from core.services.mail_intake import IncomingMail, RawMail, StoredRawMail, accept_raw_mail, pending_inbound_ids
-from core.db import make_engine
 from core.store import Store, translate_store_errors
 from intake.processor import _lost_a_lock_race, process_pending, read_batch, read_stored, reader_pool
 from tests import factories as f
