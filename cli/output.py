@@ -91,7 +91,7 @@ def request_detail(d: RequestDetail, out: TextIO | None = None) -> None:
     out.write("\nMessages\n")
     for m in d.messages:
         out.write(f"  [{when(m.created_at)}] {_message_heading(m)}\n")
-        for line in m.body_text.splitlines()[:20]:
+        for line in m.body_text.strip("\n").splitlines()[:20]:
             out.write(f"      {line}\n")
         for a in m.attachments:
             out.write(f"      attachment: {a.filename} ({a.content_type}, {a.size} bytes, sha256 {a.sha256[:12]}…)\n")
