@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -473,3 +474,42 @@ class AddressHealth(Base):
     last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SlackCard(Base):
+    """Where a request's triage card or an approval's card was posted, so every change updates it in place.
+
+    Kept apart from ``requests`` and ``approvals``: recording a post must not
+    bump their version and turn an agent's concurrent click into a conflict.
+    """
+
+    __tablename__ = "slack_cards"
+    __table_args__ = (
+        CheckConstraint("kind IN ('request', 'approval')", name="kind"),
+        CheckConstraint(
+            "(kind = 'request' AND request_id IS NOT NULL AND approval_id IS NULL)"
+            " OR (kind = 'approval' AND approval_id IS NOT NULL)",
+            name="subject",
+        ),
+        # One triage card per request.
+        Index("uq_slack_cards_request_card", "request_id", unique=True,
+              sqlite_where=text("kind = 'request'"), postgresql_where=text("kind = 'request'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True, nullable=True)
+    approval_id: Mapped[int | None] = mapped_column(ForeignKey("approvals.id"), unique=True, nullable=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[str] = mapped_column(String(32))
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SlackEvent(Base):
+    """Events API deliveries already handled, by ``event_id``: Slack retries, and any instance may get the retry."""
+
+    __tablename__ = "slack_events"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

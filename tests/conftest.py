@@ -30,7 +30,7 @@ DATABASES = [d.strip() for d in os.environ.get("SUPPORTDESK_TEST_DATABASES", "sq
 START_HINT = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 
 # Every table the tests may fill, children first.
-TABLES = ("inbound_mail", "address_health", "sla_crossings", "outbox", "events", "attachments", "messages", "approvals", "requests", "invoices",
+TABLES = ("slack_events", "slack_cards", "inbound_mail", "address_health", "sla_crossings", "outbox", "events", "attachments", "messages", "approvals", "requests", "invoices",
           "customer_addresses", "customers", "agents", "audit_head", "counters")
 
 
