@@ -172,6 +172,10 @@ def _requests_parser(top: Any) -> None:
             lambda a, s: services.merge(s, a.key, into=a.into, actor=a.actor),
             ).add_argument("--into", required=True, metavar="KEY")
 
+    _action(req, "dismiss", "close KEY as not a request (no resolution, no mail to the sender)",
+            lambda a, s: services.dismiss(s, a.key, reason=a.reason, actor=a.actor),
+            ).add_argument("--reason", help="why it is not a request, for the record")
+
     _action(req, "priority", "set the priority",
             lambda a, s: services.set_priority(s, a.key, a.priority, actor=a.actor),
             ).add_argument("priority", choices=("urgent", "high", "normal", "low"))

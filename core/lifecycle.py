@@ -32,6 +32,7 @@ class Action(StrEnum):
     REOPEN = "reopen"
     CLOSE = "close"
     MERGE = "merge"
+    DISMISS = "dismiss"
 
 
 S = Status
@@ -64,6 +65,8 @@ TRANSITIONS: dict[Action, dict[Status, Status]] = {
     Action.REOPEN: {S.RESOLVED: S.ASSIGNED},
     Action.CLOSE: {S.RESOLVED: S.CLOSED},
     Action.MERGE: {S.NEW: S.CLOSED, S.ASSIGNED: S.CLOSED, S.WAITING_ON_CUSTOMER: S.CLOSED},
+    # "Not a request" (a thank-you, spam that got through): closed with no resolution and no mail to the sender.
+    Action.DISMISS: {S.NEW: S.CLOSED, S.ASSIGNED: S.CLOSED, S.WAITING_ON_CUSTOMER: S.CLOSED},
 }
 
 # States in which the SLA clock is stopped.

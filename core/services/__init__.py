@@ -12,6 +12,7 @@ from core.services.workflow import (
     claim,
     close,
     customer_replied,
+    dismiss,
     link_customer,
     link_invoice,
     merge,
@@ -24,7 +25,7 @@ from core.services.workflow import (
 
 __all__ = [
     "InboundMail", "NewAttachment", "add_inbound_message", "add_note", "assign", "claim", "close",
-    "customer_replied", "decide_approval", "import_agents", "import_customers", "import_invoices",
+    "customer_replied", "decide_approval", "dismiss", "import_agents", "import_customers", "import_invoices",
     "link_customer", "link_invoice", "merge", "open_request", "reopen", "reply", "request_approval",
     "resolve", "set_category", "set_priority", "wait_on_customer",
 ]

@@ -119,6 +119,16 @@ def close(store: Store, key: str, *, actor: str) -> RequestView:
         return _commit(uow, request)
 
 
+def dismiss(store: Store, key: str, *, reason: str | None = None, actor: str) -> RequestView:
+    """Close a request that is not one (a thank-you, a stray newsletter): no resolution, no mail to the sender."""
+    reason = check_text(reason, "reason", limit=1000).strip() if reason else None
+    with store.unit_of_work() as uow:
+        agent, request = _agent_and_request(uow, key, actor, "dismiss")
+        move(uow, request, Action.DISMISS, agent, "request.dismissed", {"reason": reason})
+        request.closed_at = uow.now
+        return _commit(uow, request)
+
+
 def merge(store: Store, key: str, *, into: str, actor: str) -> RequestView:
     """Close ``key`` as a duplicate of ``into``; later mail to it lands on ``into``.
 

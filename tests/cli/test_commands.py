@@ -189,6 +189,11 @@ def test_reassign_wait_reply_reopen_and_merge(seeded: Cli) -> None:
     assert "(merged into SR-1)" in cli.ok("requests", "show", "SR-2").out
     assert [r["key"] for r in cli.json("requests", "list")] == [first]
 
+    third = cli.json("requests", "open", "--from", "ops@pending.test", "--subject", "Thanks!", "--as", "UAGENT2")
+    dismissed = cli.json("requests", "dismiss", third["key"], "--reason", "a thank-you", "--as", "UAGENT2")
+    assert (dismissed["status"], dismissed["resolved_at"]) == ("closed", None)
+    assert [r["key"] for r in cli.json("requests", "list")] == [first]
+
 
 def test_every_listing_takes_json(seeded: Cli) -> None:
     """requests list/show, approvals list, agents list and audit verify all print parseable JSON."""

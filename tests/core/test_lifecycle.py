@@ -30,6 +30,9 @@ EXPECTED = {
     (Action.MERGE, S.NEW): S.CLOSED,
     (Action.MERGE, S.ASSIGNED): S.CLOSED,
     (Action.MERGE, S.WAITING_ON_CUSTOMER): S.CLOSED,
+    (Action.DISMISS, S.NEW): S.CLOSED,
+    (Action.DISMISS, S.ASSIGNED): S.CLOSED,
+    (Action.DISMISS, S.WAITING_ON_CUSTOMER): S.CLOSED,
 }
 
 ALL_PAIRS = [(a, s) for a in Action for s in Status]

@@ -106,6 +106,8 @@ def perform(store: Store, action: Action, key: str, other: str) -> None:
         services.close(store, key, actor=AGENT)
     elif action is Action.MERGE:
         services.merge(store, key, into=other, actor=AGENT)
+    elif action is Action.DISMISS:
+        services.dismiss(store, key, reason="a thank-you note", actor=AGENT)
     else:  # pragma: no cover
         raise AssertionError(action)
 
@@ -130,6 +132,7 @@ KIND = {
     Action.REOPEN: "request.reopened",
     Action.CLOSE: "request.closed",
     Action.MERGE: "request.merged",
+    Action.DISMISS: "request.dismissed",
 }
 
 SERVICE_TRANSITIONS = [
@@ -150,6 +153,9 @@ SERVICE_TRANSITIONS = [
     (Action.MERGE, "new", "closed"),
     (Action.MERGE, "assigned", "closed"),
     (Action.MERGE, "waiting_on_customer", "closed"),
+    (Action.DISMISS, "new", "closed"),
+    (Action.DISMISS, "assigned", "closed"),
+    (Action.DISMISS, "waiting_on_customer", "closed"),
 ]
 # A customer reply while we hold the request changes nothing; only mail does that (tested below).
 _NO_OP_REPLIES = {(Action.CUSTOMER_REPLIED, s) for s in (Status.NEW, Status.ASSIGNED, Status.PENDING_APPROVAL)}
@@ -352,6 +358,20 @@ def test_close_sets_closed_at(store: Store, clock: FixedClock) -> None:
     assert (view.status, view.closed_at) == ("closed", clock.now())
 
 
+def test_dismiss_closes_without_resolution_or_mail_to_the_sender(store: Store, clock: FixedClock) -> None:
+    """"Not a request": closed now, no resolution recorded, and nothing in the e-mail outbox."""
+    f.seed(store)
+    key = open_by_email(store).key
+    outbox_before = outbox_of(store, key)
+    clock.advance(timedelta(minutes=3))
+
+    view = services.dismiss(store, key, reason="  a thank-you note ", actor=AGENT)
+
+    assert (view.status, view.closed_at, view.resolved_at, view.resolution_note) == ("closed", clock.now(), None, None)
+    assert [o for o in outbox_of(store, key)[len(outbox_before):] if o[0] == "email"] == []
+    assert detail(store, key).events[-1].data["reason"] == "a thank-you note"
+
+
 def test_merge_closes_the_duplicate_and_links_both_ways(store: Store, clock: FixedClock) -> None:
     """A merged request is closed, points to the survivor, and the survivor lists it."""
     f.seed(store)
@@ -372,7 +392,7 @@ ALLOWED = {(a, s) for a, s, _ in SERVICE_TRANSITIONS}
 REFUSED = [
     (a, s)
     for a in (Action.CLAIM, Action.ASSIGN, Action.WAIT_ON_CUSTOMER, Action.CUSTOMER_REPLIED,
-              Action.REQUEST_APPROVAL, Action.RESOLVE, Action.REOPEN, Action.CLOSE, Action.MERGE)
+              Action.REQUEST_APPROVAL, Action.RESOLVE, Action.REOPEN, Action.CLOSE, Action.MERGE, Action.DISMISS)
     for s in STATES
     if (a, s) not in ALLOWED
 ]
