@@ -408,3 +408,107 @@ class ImportResult:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "rows": self.rows, "created": self.created, "updated": self.updated,
                 "unchanged": self.unchanged}
+
+
+# --- What the Slack cards show ------------------------------------------------
+#
+# A card is redrawn after every change from every front end, so each card is
+# read in one transaction into one of these, and the bot draws it without
+# going back to the store. No JSON here: these are not a public interface.
+
+
+@dataclass(frozen=True)
+class ChangeView:
+    """The latest event on a request: what happened, who did it and when ("claimed by Alice")."""
+
+    kind: str
+    # As recorded: ``agent:U123``, ``customer:jane@example.com`` or ``system:sla``.
+    actor: str
+    # The agent's name when the actor is an agent we know; None otherwise.
+    actor_name: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class RequestCard:
+    """Everything the triage card of one request shows."""
+
+    key: str
+    subject: str
+    status: str
+    channel: str
+    category: str
+    priority: str
+    requester: str
+    customer: CustomerRef | None
+    assignee: str | None
+    assignee_name: str | None
+    invoice: InvoiceRef | None
+    disputed_amount_minor: int | None
+    disputed_currency: str | None
+    # Of the request's first inbound message: pass, fail or none from the
+    # gateway, None when nobody mailed it (opened in Slack or on the command line).
+    sender_auth: str | None
+    sender_flags: tuple[str, ...]
+    # The stored SLA due times (None while a paused clock has not reached them),
+    # and the moments that met the first-response and resolution targets.
+    first_response_due_at: datetime | None
+    first_response_at: datetime | None
+    next_reply_due_at: datetime | None
+    resolution_due_at: datetime | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    sla_paused: bool
+    pending_approvals: int
+    merged_into: str | None
+    follows_up: str | None
+    resolution_note: str | None
+    reopen_count: int
+    created_at: datetime
+    updated_at: datetime
+    last_change: ChangeView | None
+
+
+@dataclass(frozen=True)
+class AdjustmentLine:
+    """One earlier adjustment of the same customer, as evidence for an approver."""
+
+    approval_id: int
+    request_key: str
+    kind: str
+    amount_minor: int
+    currency: str
+    status: str
+    requested_at: datetime
+    decided_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ApprovalCard:
+    """An approval with the evidence an approver needs to decide it."""
+
+    id: int
+    kind: str
+    amount_minor: int
+    currency: str
+    reason: str
+    status: str
+    requested_by: str
+    requested_by_name: str
+    requested_at: datetime
+    decided_by: str | None
+    decided_by_name: str | None
+    decided_at: datetime | None
+    decision_note: str | None
+    request_key: str
+    request_subject: str
+    customer: CustomerRef | None
+    invoice: InvoiceRef | None
+    disputed_amount_minor: int | None
+    disputed_currency: str | None
+    # The customer's other adjustments requested from ``adjustments_since`` up
+    # to this one (earlier, or at the same moment with a smaller id), newest
+    # first; at most a page of them, and how many there are in all.
+    adjustments_since: datetime
+    recent_adjustments: tuple[AdjustmentLine, ...]
+    recent_adjustment_count: int
