@@ -14,6 +14,7 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from bot.app import SlackPart
 from core import migrate
 from core.errors import InvalidInput
 from core.facade import AsyncCore
@@ -37,25 +38,36 @@ class PartPlan:
 
 def plan_parts(settings: Settings) -> list[PartPlan]:
     """Which parts would start with these settings, and why the others would not. Pure."""
-    slack_mode = "Socket Mode" if settings.slack_app_token else f"HTTP on {settings.http_listen}/slack/events"
-    slack_missing = [
-        name for name, value in (("SLACK_BOT_TOKEN", settings.slack_bot_token),
-                                 ("SLACK_SIGNING_SECRET", settings.slack_signing_secret or settings.slack_app_token))
-        if not value
-    ]
     relay = (f"through the relay {settings.outbound_smtp}" if settings.outbound_smtp
              else f"to the Maildir {settings.outgoing_maildir} (no SUPPORTDESK_OUTBOUND_SMTP set)")
+    slack = slack_plan(settings)
     return [
         PartPlan("store", True, f"{_safe_url(settings.database_url)}"),
         PartPlan("smtp listener", True,
                  f"on {settings.smtp_listen} for {', '.join(settings.support_addresses)}"),
         PartPlan("mail processor", True, "files accepted mail in a separate process"),
-        PartPlan("slack app", False,
-                 f"not configured: {' and '.join(slack_missing)} unset" if slack_missing
-                 else f"configured for {slack_mode}; the Slack app is not part of this version yet"),
+        slack,
         PartPlan("scheduler", False, "SLA alerts and digests are not part of this version yet"),
-        PartPlan("outbox delivery", True, f"e-mail {relay}; Slack notifications wait for the Slack app"),
+        PartPlan("outbox delivery", True,
+                 f"e-mail {relay}; " + ("Slack cards to the triage channel " + str(settings.triage_channel)
+                                        if slack.start else "Slack notifications wait for the Slack app")),
     ]
+
+
+def slack_plan(settings: Settings) -> PartPlan:
+    """The Slack app starts in HTTP mode when it has a bot token, a signing secret and a triage channel."""
+    if settings.slack_app_token:
+        return PartPlan("slack app", False, "SLACK_APP_TOKEN asks for Socket Mode, which this version does not "
+                                            "offer yet; unset it and use HTTP mode (SLACK_SIGNING_SECRET)")
+    missing = [name for name, value in (("SLACK_BOT_TOKEN", settings.slack_bot_token),
+                                        ("SLACK_SIGNING_SECRET", settings.slack_signing_secret),
+                                        ("SUPPORTDESK_TRIAGE_CHANNEL", settings.triage_channel)) if not value]
+    if len(missing) == 3:
+        return PartPlan("slack app", False, "not configured: SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET unset")
+    if missing:
+        return PartPlan("slack app", False, f"not configured: {' and '.join(missing)} unset")
+    return PartPlan("slack app", True, f"HTTP on {settings.http_listen}, Slack posts to /slack/events; "
+                                       f"health at /health; cards in {settings.triage_channel}")
 
 
 def _safe_url(url: str) -> str:
@@ -99,6 +111,16 @@ async def _run(store: Store) -> None:
         await acceptor.close()
         core.close()
         raise InvalidInput(f"the SMTP listener cannot listen on {store.settings.smtp_listen}: {exc.strerror}") from exc
+    slack = SlackPart(core, store.settings) if slack_plan(store.settings).start else None
+    if slack is not None:
+        try:
+            await slack.start()
+        except OSError as exc:
+            await gateway.stop()
+            processor.stop()
+            await acceptor.close()
+            core.close()
+            raise InvalidInput(f"the Slack app cannot listen on {store.settings.http_listen}: {exc.strerror}") from exc
     delivery_stop = asyncio.Event()
     delivery = loop.create_task(
         run_email_delivery(store, transport_for(store.settings), delivery_stop), name="email-delivery")
@@ -111,6 +133,8 @@ async def _run(store: Store) -> None:
                 processor.check()
     finally:
         log.info("stopping: finishing mail in transfer, then the mail processor and deliveries")
+        if slack is not None:
+            await slack.stop()
         await gateway.stop()
         await acceptor.close()
         delivery_stop.set()

@@ -21,6 +21,8 @@ class OutboxDraft:
 
 # Events after which the request's triage card must show something new.
 _CARD_SILENT = frozenset({"message.note"})
+# Events that bring customer mail, which is mirrored into the card's thread (the first one too).
+_MIRRORED = frozenset({"request.opened", "message.inbound", "message.automatic", "request.customer_replied"})
 _EMAIL_BY_KIND = {
     "message.outbound": "reply",
     "request.resolved": "resolution_notice",
@@ -43,10 +45,11 @@ def outbox_for(
         return drafts
     if kind.startswith("approval."):
         drafts.append(OutboxDraft("slack", "approval_card", {**base, "approval_id": data["approval_id"]}))
-    if kind in ("message.inbound", "message.automatic", "request.customer_replied") and "message_id" in data:
-        drafts.append(OutboxDraft("slack", "thread_mirror", {**base, "message_id": data["message_id"]}))
+    # The card first: a message is mirrored into the card's thread, which must exist by then.
     if kind not in _CARD_SILENT:
         drafts.append(OutboxDraft("slack", "triage_card", base))
+    if kind in _MIRRORED and "message_id" in data:
+        drafts.append(OutboxDraft("slack", "thread_mirror", {**base, "message_id": data["message_id"]}))
     return drafts
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+import sqlalchemy as sa
+from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from core.errors import InvalidInput, NotFound
-from core.lifecycle import Status
+from core.lifecycle import DONE_STATES, Status
 from core.models import Agent, Approval, Customer, Event, Message, Request
 from core.services.common import parse_key
+from core.services.correspondence import reply_subject
 from core.store import Store
 from core.views import AgentRef, ApprovalView, EventView, MessageView, RequestDetail, RequestView
 
@@ -118,3 +120,81 @@ def list_agents(store: Store) -> list[AgentRef]:
     with store.read() as session:
         agents = session.execute(select(Agent).where(Agent.active.is_(True)).order_by(Agent.name)).scalars()
         return [ref for ref in (AgentRef.of(a) for a in agents) if ref is not None]
+
+
+def find_agent(store: Store, slack_user_id: str) -> AgentRef | None:
+    """The active agent (any role) with this Slack user id, or None: the front ends' "who is this?"."""
+    with store.read() as session:
+        agent = session.execute(
+            select(Agent).where(Agent.slack_user_id == (slack_user_id or "").strip(), Agent.active.is_(True))
+        ).scalar_one_or_none()
+        return AgentRef.of(agent) if agent is not None else None
+
+
+def breached_requests(store: Store, limit: int = DEFAULT_LIMIT) -> list[RequestView]:
+    """Open requests with at least one SLA target past due now, the longest overdue first.
+
+    The same rule as the metrics' open breaches: a first response still
+    missing, a next reply or the resolution past its due time, on a request
+    that is not resolved or closed.
+    """
+    now = store.clock.now()
+    is_open = Request.status.not_in([s.value for s in DONE_STATES])
+    candidates = sa.union_all(
+        select(Request.id.label("request_id"), Request.first_response_due_at.label("due")).where(
+            Request.first_response_at.is_(None), Request.first_response_due_at < now, is_open),
+        select(Request.id, Request.next_reply_due_at).where(Request.next_reply_due_at < now, is_open),
+        select(Request.id, Request.resolution_due_at).where(is_open, Request.resolution_due_at < now),
+    ).subquery("breaches")
+    earliest = (
+        select(candidates.c.request_id, func.min(candidates.c.due).label("due"))
+        .group_by(candidates.c.request_id)
+        .order_by(func.min(candidates.c.due), candidates.c.request_id)
+        .limit(limit)
+        .subquery("earliest")
+    )
+    with store.read() as session:
+        rows = session.execute(
+            select(Request).options(*_request_options())
+            .join(earliest, earliest.c.request_id == Request.id)
+            .order_by(earliest.c.due, Request.id)
+        ).scalars()
+        return [RequestView.of(r) for r in rows]
+
+
+def get_message(store: Store, message_id: int) -> tuple[str, MessageView]:
+    """One stored message and the key of its request (what a Slack thread mirror needs)."""
+    with store.read() as session:
+        message = session.execute(
+            select(Message)
+            .options(selectinload(Message.attachments), selectinload(Message.author), selectinload(Message.request))
+            .where(Message.id == message_id)
+        ).scalar_one_or_none()
+        if message is None:
+            raise NotFound(f"there is no message {message_id}")
+        return message.request.key, MessageView.of(message)
+
+
+@dataclass(frozen=True)
+class ReplyPreview:
+    """What an agent sees before writing to the customer: recipients, the Subject line, the last thing they wrote."""
+
+    key: str
+    to: tuple[str, ...]
+    subject: str
+    last_customer_text: str | None
+
+
+def reply_preview(store: Store, key: str) -> ReplyPreview:
+    number = parse_key(key)
+    with store.read() as session:
+        request = session.execute(select(Request).where(Request.number == number)).scalar_one_or_none()
+        if request is None:
+            raise NotFound(f"there is no request SR-{number}")
+        last = session.execute(
+            select(Message.body_text)
+            .where(Message.request_id == request.id, Message.direction == "inbound", Message.is_automatic.is_(False))
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        return ReplyPreview(request.key, (request.requester_email,), reply_subject(request), last)

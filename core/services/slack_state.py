@@ -48,6 +48,17 @@ def request_card_place(store: Store, key: str) -> CardPlace | None:
         return CardPlace(row.channel, row.ts) if row is not None else None
 
 
+def request_of_card(store: Store, place: CardPlace) -> str | None:
+    """The key of the request whose triage card is at ``place`` (a thread's parent), or None."""
+    with store.read() as session:
+        number = session.execute(
+            select(Request.number)
+            .join(SlackCard, SlackCard.request_id == Request.id)
+            .where(SlackCard.kind == "request", SlackCard.channel == place.channel, SlackCard.ts == place.ts)
+        ).scalar_one_or_none()
+        return f"SR-{number}" if number is not None else None
+
+
 def approval_card_place(store: Store, approval_id: int) -> CardPlace | None:
     """The approval's card, or None while it has not been posted."""
     with store.read() as session:

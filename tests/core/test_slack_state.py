@@ -21,6 +21,7 @@ from core.services.slack_state import (
     record_approval_card,
     record_request_card,
     request_card_place,
+    request_of_card,
 )
 from core.store import Store
 from tests import factories as f
@@ -78,6 +79,8 @@ def test_the_first_recorded_triage_card_wins(store: Store) -> None:
     assert record_request_card(store, key, CardPlace("C0TRIAGE", "1700000000.000200")) == first
     assert request_card_place(store, key) == first
     assert count(store, SlackCard) == 1
+    assert request_of_card(store, first) == key
+    assert request_of_card(store, CardPlace("C0TRIAGE", "1700000000.000200")) is None
 
 
 def test_an_approval_card_is_kept_apart_from_its_requests_card(store: Store) -> None:

@@ -1,0 +1,274 @@
+"""Slack clicks: how fast the app acknowledges, next to a bare Bolt app that only acknowledges.
+
+One run, one client, two targets, each a process of its own on loopback:
+
+- bare: a Bolt ``AsyncApp`` behind aiohttp whose only listener acknowledges
+  the click (``await ack()``) and does nothing else; the least any Bolt app
+  can answer in;
+- supportdesk: ``supportdesk serve`` with Slack configured (on a fresh SQLite
+  file, or PostgreSQL with ``--postgres``), a directory of agents and one
+  open request per click; every click is a real **Claim**: acknowledged,
+  then claimed in the store and the card queued for update.
+
+Both talk to the same recording fake of the Slack Web API (``auth.test``
+and whatever the listeners call). The client is one asyncio loop with an
+aiohttp session that keeps ``--concurrency`` (default 50) signed clicks in
+flight, as 50 agents clicking at once would; the bodies are signed before
+the clock starts. Per target: clicks answered per second, acknowledgment
+latency p50/p99/max (request written to response read), clicks not
+answered, answers over 3 s (Slack shows the user an error after 3 s).
+
+Usage: python bench/slack.py [--clicks N] [--concurrency C] [--postgres URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.slack.fake_slack import FakeSlack  # noqa: E402
+from tests.slack.signing import (  # noqa: E402
+    DEFAULT_SIGNING_SECRET, HOME_TEAM, TRIAGE_CHANNEL, SlackUser, block_actions, button, signed_interaction,
+)
+
+GOAL_P50_RATIO = 1.5
+GOAL_P99_MS = 50.0
+SLACK_TIMEOUT_S = 3.0
+AGENTS = 10
+
+BARE_APP = """
+import asyncio, sys
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.app.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+app = AsyncApp(client=AsyncWebClient(token=sys.argv[1], base_url=sys.argv[2]), signing_secret=sys.argv[3])
+
+@app.action("claim")
+async def claim(ack):
+    await ack()
+
+async def handle(request):
+    return await to_aiohttp_response(await app.async_dispatch(await to_bolt_request(request)))
+
+web_app = web.Application()
+web_app.router.add_post("/slack/events", handle)
+web.run_app(web_app, host="127.0.0.1", port=int(sys.argv[4]), print=None, access_log=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def agents() -> list[SlackUser]:
+    return [SlackUser(f"UBENCH{i:03d}", f"agent{i}", HOME_TEAM.id) for i in range(AGENTS)]
+
+
+def prepare_store(database_url: str, requests: int) -> None:
+    """A migrated store with the bench's agents and ``requests`` new requests (SR-1 …), via the services."""
+    from core import migrate, services
+    from core.settings import Settings
+    from core.store import Store
+
+    store = Store.open(Settings(database_url=database_url))
+    try:
+        migrate.upgrade(store.engine)
+        rows = "\n".join(f"{a.id},{a.username}@bench.test,{a.username},agent,," for a in agents())
+        services.import_agents(store, "slack_user_id,email,name,roles,approval_limit,currency\n" + rows + "\n")
+        for n in range(requests):
+            services.open_request(store, channel="cli", actor=agents()[0].id, mail=services.InboundMail(
+                from_address=f"customer{n}@bench.test", subject=f"Question {n}", body_text="Hello"))
+    finally:
+        store.dispose()
+
+
+def click_bodies(count: int, url_for_responses: str) -> list[tuple[bytes, dict[str, str]]]:
+    people = agents()
+    signed = []
+    for n in range(count):
+        payload = block_actions(button("claim", f"SR-{n + 1}"), user=people[n % len(people)],
+                                response_url=url_for_responses)
+        request = signed_interaction(payload)
+        signed.append((request.body, request.headers))
+    return signed
+
+
+async def fire(url: str, bodies: list[tuple[bytes, dict[str, str]]], concurrency: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    failures = 0
+    queue = list(reversed(bodies))
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def worker() -> None:
+            nonlocal failures
+            while queue:
+                body, headers = queue.pop()
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    failures += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "answered": len(latencies), "failed": failures, "per_second": len(latencies) / elapsed if elapsed else 0,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
+        "max_ms": 1000 * latencies[-1] if latencies else float("nan"),
+        "over_3s": sum(1 for v in latencies if v > SLACK_TIMEOUT_S),
+    }
+
+
+def run_bare(fake: FakeSlack, bodies: list[tuple[bytes, dict[str, str]]], concurrency: int) -> dict[str, Any]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", BARE_APP, fake.token, fake.base_url, DEFAULT_SIGNING_SECRET,
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        warm = asyncio.run(fire(f"http://127.0.0.1:{port}/slack/events", bodies[:20], 5))
+        del warm
+        return asyncio.run(fire(f"http://127.0.0.1:{port}/slack/events", bodies, concurrency))
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def run_supportdesk(fake: FakeSlack, database_url: str, bodies: list[tuple[bytes, dict[str, str]]],
+                    concurrency: int, workdir: Path) -> dict[str, Any]:
+    http_port, smtp_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SUPPORTDESK_DATABASE_URL": database_url,
+           "SUPPORTDESK_SMTP_LISTEN": f"127.0.0.1:{smtp_port}", "SUPPORTDESK_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+           "SUPPORTDESK_OUTGOING_MAILDIR": str(workdir / "outgoing"), "SLACK_BOT_TOKEN": fake.token,
+           "SLACK_SIGNING_SECRET": DEFAULT_SIGNING_SECRET, "SUPPORTDESK_SLACK_API_URL": fake.base_url,
+           "SUPPORTDESK_TRIAGE_CHANNEL": TRIAGE_CHANNEL.id}
+    log = (workdir / "serve.log").open("ab")
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env, cwd=workdir, stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(http_port)
+        return asyncio.run(fire(f"http://127.0.0.1:{http_port}/slack/events", bodies, concurrency))
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def claimed(database_url: str) -> int:
+    from sqlalchemy import func, select
+
+    from core.models import Request
+    from core.settings import Settings
+    from core.store import Store
+
+    store = Store.open(Settings(database_url=database_url))
+    try:
+        with store.read() as session:
+            return session.execute(select(func.count()).select_from(Request).where(Request.status == "assigned")
+                                   ).scalar_one()
+    finally:
+        store.dispose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clicks", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--postgres", metavar="URL", help="run supportdesk on this (empty, created here) PostgreSQL "
+                        "server URL instead of SQLite, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="sd-bench-slack-") as tmp, FakeSlack() as fake:
+        workdir = Path(tmp)
+        database_url, drop = _database(args.postgres, workdir)
+        try:
+            prepare_store(database_url, args.clicks)
+            bodies = click_bodies(args.clicks, fake.webhook_url())
+            print(f"supportdesk Slack benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                  f"{os.cpu_count()} cores, {args.clicks} signed Claim clicks, {args.concurrency} in flight, "
+                  f"store {'PostgreSQL' if args.postgres else 'SQLite (WAL, synchronous=FULL)'}")
+            bare = run_bare(fake, bodies, args.concurrency)
+            ours = run_supportdesk(fake, database_url, bodies, args.concurrency, workdir)
+            done = claimed(database_url)
+        finally:
+            drop()
+    print(f"{'target':<12} {'answered':>8} {'failed':>6} {'clicks/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8} {'>3 s':>5}")
+    for name, r in (("bare Bolt", bare), ("supportdesk", ours)):
+        print(f"{name:<12} {r['answered']:>8} {r['failed']:>6} {r['per_second']:>9,.0f} {r['p50_ms']:>8.2f} "
+              f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} {r['over_3s']:>5}")
+    print(f"requests claimed in the store afterwards: {done} of {args.clicks}")
+    ratio = ours["p50_ms"] / bare["p50_ms"] if bare["p50_ms"] else float("inf")
+    goals = [
+        (ratio <= GOAL_P50_RATIO, f"p50 within {GOAL_P50_RATIO}x of the bare app: {ratio:.2f}x"),
+        (ours["p99_ms"] < GOAL_P99_MS, f"p99 under {GOAL_P99_MS:.0f} ms: {ours['p99_ms']:.1f} ms"),
+        (ours["failed"] == 0, f"no click unanswered: {ours['failed']} unanswered"),
+        (ours["over_3s"] == 0, f"none over 3 s: {ours['over_3s']}"),
+    ]
+    print("Goals (DESIGN.md §7 and the Slack issue)")
+    for met, text in goals:
+        print(f"  [{'met' if met else 'not met'}]{' ' * (8 - len('met' if met else 'not met'))}{text}")
+    print(json.dumps({"bare": bare, "supportdesk": ours, "claimed": done}))
+    return 0
+
+
+def _database(postgres: str | None, workdir: Path) -> tuple[str, Any]:
+    if not postgres:
+        return f"sqlite:///{workdir / 'bench.db'}", lambda: None
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"sd_bench_slack_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(postgres).set(database=name).render_as_string(hide_password=False), drop
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Buttons, menus and modals: each acknowledges at once, then asks core to make the change.
+
+The order is always the same: ``ack()`` first (Slack shows an error after
+3 s); a modal is opened right after it, while its ``trigger_id`` is fresh;
+the change itself is one core service call, which checks every rule again
+(role, state, limit, KYC) and is a compare-and-set, so of two people
+clicking at once exactly one wins. The loser, and anyone core refuses, gets
+one ephemeral sentence saying why (``SR-4 was already claimed by Alice``).
+Nobody is told of success in a private message: the card itself changes,
+for everyone, when the outbox updates it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import blocks as b
+from bot import modals
+from bot.guard import agent_of
+from core import services
+from core.errors import InvalidInput, StoreUnavailable, SupportdeskError
+from core.facade import AsyncCore
+from core.queries import get_message, reply_preview
+from core.services.cards import approval_card as approval_card_view
+from core.services.cards import request_card
+
+log = logging.getLogger("supportdesk.slack")
+
+STORE_DOWN = "The store is not answering right now, so nothing was done. Try again in a minute."
+Changed = Callable[[], None]
+
+
+def register(app: AsyncApp, core: AsyncCore, changed: Changed) -> None:
+    """Every card action and modal submission; ``changed`` wakes the card delivery after a change."""
+    act = _Actions(core, changed)
+    app.action(b.ACTION_CLAIM)(act.claim)
+    app.action(b.ACTION_ASSIGN)(act.assign)
+    app.action(b.ACTION_RESOLVE)(act.open_resolve)
+    app.action(b.ACTION_REOPEN)(act.reopen)
+    app.action(b.ACTION_REPLY)(act.open_reply)
+    app.action(b.ACTION_REQUEST_APPROVAL)(act.open_request_approval)
+    app.action(b.ACTION_SET_PRIORITY)(act.set_priority)
+    app.action(b.ACTION_MORE)(act.more)
+    app.action(b.ACTION_SHOW_MESSAGE)(act.show_message)
+    app.action(b.ACTION_APPROVE)(act.approve)
+    app.action(b.ACTION_REJECT)(act.open_reject)
+    app.view(modals.RESOLVE)(act.submit_resolve)
+    app.view(modals.REPLY)(act.submit_reply)
+    app.view(modals.REQUEST_APPROVAL)(act.submit_request_approval)
+    app.view(modals.MERGE)(act.submit_merge)
+    app.view(modals.REJECT)(act.submit_reject)
+
+
+class _Actions:
+    def __init__(self, core: AsyncCore, changed: Changed) -> None:
+        self.core = core
+        self.changed = changed
+
+    # --- one click, one change ---------------------------------------------------------------
+
+    async def claim(self, ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
+                    respond: AsyncRespond) -> None:
+        await ack()
+        key = _value(body)
+        await self._change(respond, services.claim, key, actor=agent_of(context).slack_user_id)
+
+    async def assign(self, ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
+                     respond: AsyncRespond) -> None:
+        await ack()
+        action = _action(body)
+        key = _key_of_card(body)
+        to = action.get("selected_user")
+        if not key or not to:
+            await _tell(respond, "Pick a person to assign the request to.")
+            return
+        await self._change(respond, services.assign, key, to=to, actor=agent_of(context).slack_user_id)
+
+    async def reopen(self, ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
+                     respond: AsyncRespond) -> None:
+        await ack()
+        await self._change(respond, services.reopen, _value(body), actor=agent_of(context).slack_user_id)
+
+    async def set_priority(self, ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
+                           respond: AsyncRespond) -> None:
+        await ack()
+        key, priority = b.split_choice((_action(body).get("selected_option") or {}).get("value", ""))
+        await self._change(respond, services.set_priority, key, priority, actor=agent_of(context).slack_user_id)
+
+    async def more(self, ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext, respond: AsyncRespond,
+                   client: AsyncWebClient) -> None:
+        await ack()
+        key, choice = b.split_choice((_action(body).get("selected_option") or {}).get("value", ""))
+        actor = agent_of(context).slack_user_id
+        if choice == b.MORE_MERGE:
+            await client.views_open(trigger_id=body["trigger_id"], view=modals.merge_modal(key))
+        elif choice == b.MORE_WAIT_ON_CUSTOMER:
+            await self._change(respond, services.wait_on_customer, key, actor=actor)
+        elif choice == b.MORE_NOT_A_REQUEST:
+            await self._change(respond, services.dismiss, key, reason="not a request (from Slack)", actor=actor)
+        else:
+            await _tell(respond, "That menu entry is not one supportdesk knows.")
+
+    async def approve(self, ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
+                      respond: AsyncRespond) -> None:
+        """Slack has shown the confirmation dialog already (the button carries it)."""
+        await ack()
+        approval_id = _int(_value(body))
+        await self._change(respond, services.decide_approval, approval_id, approve=True,
+                           actor=agent_of(context).slack_user_id)
+
+    # --- clicks that open a modal ------------------------------------------------------------
+
+    async def open_resolve(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        await ack()
+        await client.views_open(trigger_id=body["trigger_id"], view=modals.resolve_modal(_value(body)))
+
+    async def open_reply(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
+                         respond: AsyncRespond) -> None:
+        await ack()
+        key = _value(body)
+        try:
+            preview = await self.core.call(reply_preview, key)
+        except SupportdeskError as exc:
+            await _tell(respond, str(exc))
+            return
+        await client.views_open(trigger_id=body["trigger_id"], view=modals.reply_modal(preview))
+
+    async def open_request_approval(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
+                                    respond: AsyncRespond) -> None:
+        await ack()
+        key = _value(body)
+        try:
+            card = await self.core.call(request_card, key)
+        except SupportdeskError as exc:
+            await _tell(respond, str(exc))
+            return
+        currency = card.disputed_currency or (card.invoice.currency if card.invoice else None)
+        await client.views_open(trigger_id=body["trigger_id"], view=modals.request_approval_modal(key, currency))
+
+    async def open_reject(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
+                          respond: AsyncRespond) -> None:
+        await ack()
+        approval_id = _int(_value(body))
+        try:
+            card = await self.core.call(approval_card_view, approval_id)
+        except SupportdeskError as exc:
+            await _tell(respond, str(exc))
+            return
+        summary = f"{card.kind.replace('_', ' ')} of {b.money(card.amount_minor, card.currency)} on {card.request_key}"
+        await client.views_open(trigger_id=body["trigger_id"], view=modals.reject_modal(approval_id, summary))
+
+    async def show_message(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
+                           respond: AsyncRespond) -> None:
+        await ack()
+        try:
+            _key, message = await self.core.call(get_message, _int(_value(body)))
+        except SupportdeskError as exc:
+            await _tell(respond, str(exc))
+            return
+        await client.views_open(trigger_id=body["trigger_id"], view=b.full_message_modal(message))
+
+    # --- modal submissions: answer in the modal when the input is wrong ------------------------
+
+    async def submit_resolve(self, ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext) -> None:
+        submitted = modals.values(view)
+        key = modals.metadata(view).get("key", "")
+        await self._submit(ack, "note", services.resolve, key, note=submitted.get("note") or "",
+                           code=submitted.get("code"), actor=agent_of(context).slack_user_id)
+
+    async def submit_reply(self, ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext) -> None:
+        key = modals.metadata(view).get("key", "")
+        await self._submit(ack, "body", services.reply, key, modals.values(view).get("body") or "",
+                           actor=agent_of(context).slack_user_id)
+
+    async def submit_request_approval(self, ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext) -> None:
+        submitted = modals.values(view)
+        amount, errors = modals.approval_amount(submitted)
+        if amount is None:
+            await ack(response_action="errors", errors=errors)
+            return
+        key = modals.metadata(view).get("key", "")
+        await self._submit(ack, "reason", services.request_approval, key, kind=submitted.get("kind") or "",
+                           amount=amount, reason=submitted.get("reason") or "", actor=agent_of(context).slack_user_id)
+
+    async def submit_merge(self, ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext) -> None:
+        key = modals.metadata(view).get("key", "")
+        into = (modals.values(view).get("into") or "").strip().upper()
+        await self._submit(ack, "into", services.merge, key, into=into, actor=agent_of(context).slack_user_id)
+
+    async def submit_reject(self, ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext) -> None:
+        approval_id = _int(str(modals.metadata(view).get("approval", "")))
+        await self._submit(ack, "reason", services.decide_approval, approval_id, approve=False,
+                           note=modals.values(view).get("reason") or "", actor=agent_of(context).slack_user_id)
+
+    # --- the two ways a change ends ----------------------------------------------------------
+
+    async def _change(self, respond: AsyncRespond, service: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Make one change; tell the clicker, and only them, if it was refused."""
+        try:
+            await self.core.call(service, *args, **kwargs)
+        except StoreUnavailable:
+            await _tell(respond, STORE_DOWN)
+            return
+        except SupportdeskError as exc:
+            await _tell(respond, str(exc))
+            return
+        self.changed()
+
+    async def _submit(self, ack: AsyncAck, field: str, service: Callable[..., Any], *args: Any,
+                      **kwargs: Any) -> None:
+        """Make the change a modal asks for; a refusal is shown under ``field`` and the modal stays open.
+
+        The submission is acknowledged only after core answered (well within
+        Slack's 3 s for one transaction), because that answer decides
+        whether the modal closes.
+        """
+        try:
+            await self.core.call(service, *args, **kwargs)
+        except StoreUnavailable:
+            await ack(response_action="errors", errors={field: STORE_DOWN})
+            return
+        except SupportdeskError as exc:
+            await ack(response_action="errors", errors={field: str(exc)[:300]})
+            return
+        await ack()
+        self.changed()
+
+
+def _action(body: dict[str, Any]) -> dict[str, Any]:
+    actions = body.get("actions") or [{}]
+    return actions[0]
+
+
+def _value(body: dict[str, Any]) -> str:
+    value = _action(body).get("value")
+    if not value:
+        raise InvalidInput("this button carries no value")
+    return str(value)
+
+
+def _key_of_card(body: dict[str, Any]) -> str | None:
+    """The request a users_select belongs to: its block id names it, else the card's own buttons do."""
+    block_id = str(_action(body).get("block_id") or "")
+    if block_id.startswith(b.REQUEST_ACTIONS_BLOCK + ":"):
+        return block_id.split(":", 1)[1]
+    message = body.get("message") or {}
+    return b.card_request_key(message.get("blocks") or [])
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{value!r} is not an id") from exc
+
+
+async def _tell(respond: AsyncRespond, text: str) -> None:
+    """One ephemeral sentence to the person who clicked; failing to show it changes nothing."""
+    try:
+        await respond(text=f":no_entry_sign: {b.escape(text)}", response_type="ephemeral", replace_original=False)
+    except Exception:  # noqa: BLE001 - the refusal stands even if Slack does not show it
+        log.warning("could not show a refusal to the user", exc_info=True)
+
+
+Listener = Callable[..., Awaitable[None]]

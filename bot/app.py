@@ -1,0 +1,84 @@
+"""The Slack app: one Bolt ``AsyncApp`` in ``serve``'s event loop, and everything it is wired to.
+
+:class:`SlackPart` is what ``serve`` starts and stops: the Bolt app with
+its middleware (each event once, agents only) and listeners (the slash
+command, card buttons and modals, thread notes), the HTTP listener Slack
+posts to, and the outbox worker that posts and updates cards. All of them
+reach the store only through core's service functions on the database pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from slack_bolt.app.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import actions, commands, events
+from bot.client import make_client
+from bot.delivery import SlackDelivery
+from bot.guard import make_middleware
+from bot.server import SlackHttpServer
+from core.errors import InvalidInput
+from core.facade import AsyncCore
+from core.settings import Settings
+
+log = logging.getLogger("supportdesk.slack")
+
+
+def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, changed: actions.Changed) -> AsyncApp:
+    """The Bolt app, verifying every request with the signing secret."""
+    if not settings.slack_signing_secret:
+        raise InvalidInput("SLACK_SIGNING_SECRET is not set; Slack requests cannot be verified without it")
+    app = AsyncApp(
+        client=client,
+        signing_secret=settings.slack_signing_secret,
+        # Unhandled payloads are logged by Bolt; a 404 makes Slack show the user an error, as it should.
+        raise_error_for_unhandled_request=False,
+        process_before_response=False,
+    )
+    for middleware in make_middleware(core):
+        app.middleware(middleware)
+    commands.register(app, core, settings.slash_command)
+    actions.register(app, core, changed)
+    events.register(app, core)
+
+    @app.error
+    async def on_error(error: Exception) -> None:
+        log.error("Slack listener failed: %s", error.__class__.__name__, exc_info=error)
+
+    return app
+
+
+class SlackPart:
+    """The Slack app as one part of ``serve``: HTTP listener plus card delivery."""
+
+    def __init__(self, core: AsyncCore, settings: Settings, client: AsyncWebClient | None = None) -> None:
+        self.client = client or make_client(settings)
+        self.delivery = SlackDelivery(core, self.client, triage_channel=settings.triage_channel,
+                                      approvals_channel=settings.approvals_channel)
+        self.app = create_app(core, self.client, settings, changed=self.delivery.wake.set)
+        self.server = SlackHttpServer(self.app, settings.http_listen, store_ok=lambda: _store_ok(core))
+        self._stop = asyncio.Event()
+        self._delivery_task: asyncio.Task[None] | None = None
+
+    async def start(self, *, run_delivery: bool = True) -> None:
+        """Listen for Slack; with ``run_delivery`` (always, in ``serve``) deliver the outbox in the background."""
+        await self.server.start()
+        if run_delivery:
+            self._delivery_task = asyncio.get_running_loop().create_task(self.delivery.run(self._stop),
+                                                                         name="slack-delivery")
+
+    async def stop(self) -> None:
+        """Stop taking requests, then let the delivery finish the pass it is in."""
+        await self.server.stop()
+        self._stop.set()
+        if self._delivery_task is not None:
+            await self._delivery_task
+            self._delivery_task = None
+
+
+async def _store_ok(core: AsyncCore) -> bool:
+    await core.call(lambda store: store.ping())
+    return True

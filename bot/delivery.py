@@ -1,0 +1,282 @@
+"""The Slack delivery worker: due ``slack`` outbox rows in, cards posted or updated, each row marked.
+
+Every change to a request writes a ``triage_card`` row in the same
+transaction (see ``core.notification_policy``); this worker draws the card
+as the request is *now* and posts it to the triage channel the first time,
+then updates that same message in place. Several rows for one request in one
+pass become one update. Customer mail is mirrored into the card's thread
+(``thread_mirror``), which waits until the card exists; approval cards go to
+the approvals channel the same way.
+
+Nothing is lost when Slack is slow or down: the row stays in the outbox and
+is tried again, after the ``Retry-After`` Slack sent with a ``429`` or with
+back-off after a ``5xx`` or a dropped connection. Errors that retrying
+cannot fix (no such channel, bot not in it, invalid blocks) mark the row
+failed with Slack's reason, for a person to look at. Posting is paced per
+channel, as Slack asks (about one message a second, short bursts allowed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import approval_card, mirrored_message, triage_card
+from core.errors import InvalidInput, NotFound, StoreUnavailable
+from core.facade import AsyncCore
+from core.queries import get_message
+from core.services.cards import approval_card as approval_card_view
+from core.services.cards import request_card
+from core.services.outbox import OutboxItem, claim_due, mark_failed, mark_retry, mark_sent, retry_delay
+from core.services.slack_state import (
+    CardPlace,
+    approval_card_place,
+    record_approval_card,
+    record_request_card,
+    request_card_place,
+)
+
+log = logging.getLogger("supportdesk.slack")
+
+CHANNEL = "slack"
+BATCH_SIZE = 50
+GIVE_UP_AFTER_ATTEMPTS = 120  # 30 s doubling to an hour: about five days, as for mail
+CARD_NOT_YET_SECONDS = 5  # a thread reply waits this long for its card to be posted
+# Slack errors that the same call will meet again however often it is retried.
+PERMANENT_ERRORS = frozenset({
+    "channel_not_found", "not_in_channel", "is_archived", "msg_too_long", "invalid_blocks", "invalid_blocks_format",
+    "no_text", "cant_update_message", "edit_window_closed", "restricted_action", "invalid_arguments",
+    "too_many_attachments", "message_limit_exceeded", "account_inactive", "invalid_auth", "not_authed",
+    "token_revoked", "missing_scope",
+})
+
+Outcome = Literal["sent", "retried", "failed"]
+
+
+class NotReady(Exception):
+    """What this row needs is not there yet (a thread reply before its card): try again shortly."""
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+class ChannelPacer:
+    """At most ``rate`` calls a second per channel after a burst of ``burst``: a token bucket per channel."""
+
+    def __init__(self, rate: float = 1.0, burst: int = 4) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when counted)
+
+    async def wait(self, channel: str) -> None:
+        tokens, counted = self._buckets.get(channel, (float(self._burst), time.monotonic()))
+        now = time.monotonic()
+        tokens = min(float(self._burst), tokens + (now - counted) * self._rate)
+        if tokens < 1.0:
+            await asyncio.sleep((1.0 - tokens) / self._rate)
+            now, tokens = time.monotonic(), 1.0
+        self._buckets[channel] = (tokens - 1.0, now)
+
+
+class SlackDelivery:
+    """Delivers the ``slack`` outbox with one Web API client; :meth:`run` until told to stop."""
+
+    def __init__(self, core: AsyncCore, client: AsyncWebClient, *, triage_channel: str | None,
+                 approvals_channel: str | None, pacer: ChannelPacer | None = None) -> None:
+        self._core = core
+        self._client = client
+        self._triage_channel = triage_channel
+        self._approvals_channel = approvals_channel
+        self._pacer = pacer or ChannelPacer()
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event, interval: float = 1.0) -> None:
+        """Deliver until ``stop`` is set; a pass in progress is finished first, so no row stays leased."""
+        while not stop.is_set():
+            self.wake.clear()
+            report = await self._guarded_pass()
+            if report.claimed < BATCH_SIZE:
+                await _sleep(stop, self.wake, interval)
+
+    async def deliver_due(self, limit: int = BATCH_SIZE) -> DeliveryReport:
+        """One pass: claim the due rows, deliver them in order, one update per request and card."""
+        items = await self._core.call(claim_due, CHANNEL, limit)
+        outcomes: Counter[str] = Counter()
+        done: dict[tuple[str, str], Outcome] = {}
+        for item in items:
+            target = _target(item)
+            if target is not None and target in done:  # a later change to a card drawn in this pass already
+                outcomes[await self._settle(item, done[target])] += 1
+                continue
+            outcome = await self._deliver_guarded(item)
+            if target is not None:
+                done[target] = outcome
+            outcomes[outcome] += 1
+        return DeliveryReport(len(items), outcomes["sent"], outcomes["retried"], outcomes["failed"])
+
+    async def _guarded_pass(self) -> DeliveryReport:
+        try:
+            return await self.deliver_due()
+        except StoreUnavailable as exc:
+            log.warning("Slack delivery paused: %s", exc)
+        except Exception:
+            log.exception("Slack delivery pass failed; trying again shortly")
+        return DeliveryReport()
+
+    async def _deliver_guarded(self, item: OutboxItem) -> Outcome:
+        try:
+            await self._deliver(item)
+        except NotReady as exc:
+            await self._core.call(mark_retry, item.id, str(exc), CARD_NOT_YET_SECONDS)
+            return "retried"
+        except SlackApiError as exc:
+            return await self._slack_refused(item, exc)
+        except (SlackClientError, aiohttp.ClientError, asyncio.TimeoutError) as exc:  # Slack, or the way there, is down
+            return await self._retry(item, f"Slack unreachable: {exc.__class__.__name__}: {exc}")
+        except (NotFound, InvalidInput) as exc:
+            return await self._give_up(item, f"cannot draw the {item.topic}: {exc}")
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("outbox row %d (%s): unexpected error while delivering to Slack", item.id, item.topic)
+            return await self._retry(item, f"unexpected error: {exc.__class__.__name__}")
+        await self._core.call(mark_sent, item.id)
+        return "sent"
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        if item.topic == "triage_card":
+            await self._triage_card(str(item.payload["request_key"]))
+        elif item.topic == "thread_mirror":
+            await self._thread_mirror(int(item.payload["message_id"]))
+        elif item.topic == "approval_card":
+            await self._approval_card(int(item.payload["approval_id"]), str(item.payload["request_key"]))
+        else:
+            raise InvalidInput(f"unknown Slack outbox topic {item.topic!r}")
+
+    async def _triage_card(self, key: str) -> None:
+        card = await self._core.call(request_card, key)
+        text, blocks = triage_card(card, now=self._core.store.clock.now())
+        place = await self._core.call(request_card_place, key)
+        if place is not None:
+            await self._update(place, text, blocks)
+            return
+        channel = _configured(self._triage_channel, "SUPPORTDESK_TRIAGE_CHANNEL")
+        posted = await self._post(channel, text, blocks)
+        winner = await self._core.call(record_request_card, key, posted)
+        if winner != posted:  # another delivery posted it first: ours is a duplicate
+            await self._client.chat_delete(channel=posted.channel, ts=posted.ts)
+
+    async def _thread_mirror(self, message_id: int) -> None:
+        key, message = await self._core.call(get_message, message_id)
+        place = await self._core.call(request_card_place, key)
+        if place is None:
+            raise NotReady(f"the card of {key} is not posted yet")
+        text, blocks = mirrored_message(message)
+        await self._post(place.channel, text, blocks, thread_ts=place.ts)
+
+    async def _approval_card(self, approval_id: int, key: str) -> None:
+        card = await self._core.call(approval_card_view, approval_id)
+        text, blocks = approval_card(card)
+        place = await self._core.call(approval_card_place, approval_id)
+        if place is not None:
+            await self._update(place, text, blocks)
+            return
+        channel = _configured(self._approvals_channel, "SUPPORTDESK_APPROVALS_CHANNEL")
+        posted = await self._post(channel, text, blocks)
+        winner = await self._core.call(record_approval_card, approval_id, key, posted)
+        if winner != posted:
+            await self._client.chat_delete(channel=posted.channel, ts=posted.ts)
+
+    async def _post(self, channel: str, text: str, blocks: list[dict[str, Any]],
+                    thread_ts: str | None = None) -> CardPlace:
+        await self._pacer.wait(channel)
+        response = await self._client.chat_postMessage(
+            channel=channel, text=text, blocks=blocks, thread_ts=thread_ts,
+            unfurl_links=False, unfurl_media=False,  # customer text must not unfurl into previews
+        )
+        return CardPlace(str(response["channel"]), str(response["ts"]))
+
+    async def _update(self, place: CardPlace, text: str, blocks: list[dict[str, Any]]) -> None:
+        await self._pacer.wait(place.channel)
+        await self._client.chat_update(channel=place.channel, ts=place.ts, text=text, blocks=blocks)
+
+    async def _slack_refused(self, item: OutboxItem, exc: SlackApiError) -> Outcome:
+        status = getattr(exc.response, "status_code", None)
+        error = str(exc.response.get("error") or "") if exc.response is not None else ""
+        if status == 429:
+            after = _retry_after(exc)
+            await self._core.call(mark_retry, item.id, f"Slack rate limit; retry after {after} s", after)
+            log.info("Slack asked to wait %d s before outbox row %d", after, item.id)
+            return "retried"
+        if error in PERMANENT_ERRORS:
+            return await self._give_up(item, f"Slack refused the {item.topic}: {error}")
+        return await self._retry(item, f"Slack answered {status}: {error or exc}")
+
+    async def _retry(self, item: OutboxItem, error: str) -> Outcome:
+        if item.attempts >= GIVE_UP_AFTER_ATTEMPTS:
+            return await self._give_up(item, f"gave up after {item.attempts} attempts; the last: {error}")
+        delay = retry_delay(item.attempts)
+        await self._core.call(mark_retry, item.id, error, delay)
+        log.info("the %s of outbox row %d will be retried in %d s: %s", item.topic, item.id, delay, error)
+        return "retried"
+
+    async def _give_up(self, item: OutboxItem, error: str) -> Outcome:
+        await self._core.call(mark_failed, item.id, error)
+        log.warning("the %s of outbox row %d was not delivered: %s", item.topic, item.id, error)
+        return "failed"
+
+    async def _settle(self, item: OutboxItem, outcome: Outcome) -> Outcome:
+        """A row whose card this pass already drew ends as that drawing did."""
+        if outcome == "sent":
+            await self._core.call(mark_sent, item.id)
+        elif outcome == "retried":
+            await self._core.call(mark_retry, item.id, "retried with an earlier change to the same card",
+                                  retry_delay(item.attempts))
+        else:
+            await self._core.call(mark_failed, item.id, "failed with an earlier change to the same card")
+        return outcome
+
+
+def _target(item: OutboxItem) -> tuple[str, str] | None:
+    """Which card a row redraws (rows for the same card coalesce); None for rows that post something new."""
+    if item.topic == "triage_card":
+        return ("request", str(item.payload.get("request_key")))
+    if item.topic == "approval_card":
+        return ("approval", str(item.payload.get("approval_id")))
+    return None
+
+
+def _configured(channel: str | None, setting: str) -> str:
+    if not channel:
+        raise InvalidInput(f"{setting} is not set, so there is no channel to post to")
+    return channel
+
+
+def _retry_after(exc: SlackApiError) -> int:
+    headers = getattr(exc.response, "headers", None) or {}
+    value = headers.get("Retry-After") or headers.get("retry-after") or "1"
+    try:
+        return max(1, int(float(str(value if not isinstance(value, list) else value[0]))))
+    except ValueError:
+        return 30
+
+
+async def _sleep(stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    _done, pending = await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

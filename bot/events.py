@@ -1,0 +1,66 @@
+"""Events API listeners: what agents write in a card's thread becomes an internal note.
+
+Only a reply in the thread of a triage card counts, written by a person in
+the agents directory of our own workspace; the bot's own posts (the mail
+mirrored into the thread), edits, joins and other subtypes are ignored.
+Notes never reach the customer: mail goes out only through the "Reply to
+customer" modal.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+
+from core.errors import StoreUnavailable, SupportdeskError
+from core.facade import AsyncCore
+from core.queries import find_agent
+from core.services import add_note
+from core.services.slack_state import CardPlace, request_of_card
+
+log = logging.getLogger("supportdesk.slack")
+
+# Message subtypes that are still somebody typing in the thread.
+PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
+NOTE_LIMIT = 40_000
+
+
+def register(app: AsyncApp, core: AsyncCore) -> None:
+    @app.event("message")
+    async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
+        await note_from_thread(core, event, _home_team(context))
+
+
+async def note_from_thread(core: AsyncCore, event: dict[str, Any], home_team: str | None) -> str | None:
+    """Store a thread reply on its card as an internal note; returns the request key, or None when ignored."""
+    if event.get("subtype") not in PERSON_SUBTYPES or event.get("bot_id"):
+        return None
+    thread_ts, channel, user = event.get("thread_ts"), event.get("channel"), event.get("user")
+    text = (event.get("text") or "").strip()
+    if not thread_ts or thread_ts == event.get("ts") or not channel or not user or not text:
+        return None  # not a reply in a thread, or nothing to keep
+    if home_team and event.get("user_team") and event["user_team"] != home_team:
+        log.info("ignored a thread reply from %s of another workspace", user)
+        return None
+    try:
+        key = await core.call(request_of_card, CardPlace(str(channel), str(thread_ts)))
+        if key is None:
+            return None
+        if await core.call(find_agent, str(user)) is None:
+            log.info("ignored a reply on the card of %s from %s, who is not an agent", key, user)
+            return None
+        await core.call(add_note, key, text[:NOTE_LIMIT], actor=str(user))
+    except StoreUnavailable as exc:
+        log.warning("a note from Slack could not be stored now: %s", exc)
+        return None
+    except SupportdeskError as exc:
+        log.info("a note from Slack was refused: %s", exc)
+        return None
+    return key
+
+
+def _home_team(context: AsyncBoltContext) -> str | None:
+    result = context.authorize_result
+    return (result.team_id if result is not None else None) or None

@@ -1,0 +1,75 @@
+"""The Slack app's HTTP listener: ``POST /slack/events`` for Slack, ``GET /health`` for whoever watches us.
+
+aiohttp in ``serve``'s own event loop (no second thread, no development
+server): Bolt's adapter hands it each request with the raw body, so the
+signature is checked on exactly the bytes Slack signed. The health answer is
+cheap on purpose: it says the process answers and whether the store does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.app.async_app import AsyncApp
+
+from core.settings import HostPort
+
+log = logging.getLogger("supportdesk.slack")
+
+EVENTS_PATH = "/slack/events"
+HEALTH_PATH = "/health"
+# Slack sends at most a few kilobytes; a view submission with long text a little more.
+MAX_BODY_BYTES = 1024 * 1024
+
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+class SlackHttpServer:
+    """Bolt behind aiohttp on ``listen``; :meth:`start` and :meth:`stop` from the running loop."""
+
+    def __init__(self, app: AsyncApp, listen: HostPort, store_ok: HealthCheck) -> None:
+        self._app = app
+        self._listen = listen
+        self._store_ok = store_ok
+        self._runner: web.AppRunner | None = None
+        self._port = listen.port
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when ``listen`` asked for port 0)."""
+        return self._port
+
+    async def start(self) -> None:
+        web_app = web.Application(client_max_size=MAX_BODY_BYTES)
+        web_app.router.add_post(EVENTS_PATH, self._slack)
+        web_app.router.add_get(HEALTH_PATH, self._health)
+        self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._listen.host, self._listen.port, reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses  # the port the OS gave when listen asked for port 0
+        if addresses:
+            self._port = addresses[0][1]
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop accepting, let requests in progress finish (Slack waits at most 3 s anyway)."""
+        if self._runner is not None:
+            await asyncio.wait_for(self._runner.cleanup(), timeout=grace_seconds + 5)
+            self._runner = None
+
+    async def _slack(self, request: web.Request) -> web.Response:
+        bolt_request = await to_bolt_request(request)
+        bolt_response = await self._app.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        try:
+            store_ok = await self._store_ok()
+        except Exception:  # noqa: BLE001 - a health check reports, it never raises
+            store_ok = False
+        status = 200 if store_ok else 503
+        return web.json_response({"status": "ok" if store_ok else "degraded", "store": store_ok}, status=status)

@@ -1,0 +1,93 @@
+"""The real Slack part of ``serve`` (Bolt app, HTTP listener, card delivery) on loopback, against the fake Slack.
+
+The part runs in an event loop on a thread of its own, as in ``serve``; the
+test talks to it only the way Slack would: signed HTTP requests to
+``/slack/events``, and the Web API calls it makes, recorded by the fake.
+Delivery of the outbox can run by itself (as in production) or be driven one
+pass at a time, so a test can say exactly when cards are posted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from bot.app import SlackPart
+from bot.delivery import DeliveryReport
+from core.facade import AsyncCore
+from core.settings import HostPort
+from core.store import Store
+from tests.slack.fake_slack import FakeSlack
+from tests.slack.signing import DEFAULT_SIGNING_SECRET, HOME_TEAM, TRIAGE_CHANNEL, PostResult, SignedRequest, SlackUser, post
+
+T = TypeVar("T")
+
+APPROVALS_CHANNEL = "C0APPROVE1"
+# The directory of tests.factories, as Slack users of the home workspace.
+ALICE = SlackUser("UAGENT1", "alice", HOME_TEAM.id)
+BOB = SlackUser("UAGENT2", "bob", HOME_TEAM.id)
+CAROL = SlackUser("UAPPROVE", "carol", HOME_TEAM.id)
+MALLORY = SlackUser("UMANAGER", "mallory", HOME_TEAM.id)
+STRANGER = SlackUser("U0NOBODY1", "stranger", HOME_TEAM.id)
+
+
+@dataclass
+class RunningSlack:
+    part: SlackPart
+    store: Store
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.part.server.port}/slack/events"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.part.server.port}/health"
+
+    def post(self, request: SignedRequest) -> PostResult:
+        return post(self.url, request)
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def deliver(self) -> DeliveryReport:
+        """One delivery pass of the ``slack`` outbox, now."""
+        return self.run(self.part.delivery.deliver_due())
+
+
+@contextmanager
+def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = False) -> Iterator[RunningSlack]:
+    settings = replace(
+        store.settings,
+        slack_bot_token=fake.token,
+        slack_signing_secret=DEFAULT_SIGNING_SECRET,
+        slack_api_url=fake.base_url,
+        triage_channel=TRIAGE_CHANNEL.id,
+        approvals_channel=APPROVALS_CHANNEL,
+        http_listen=HostPort("127.0.0.1", 0),
+    )
+    slack_store = Store(store.engine, store.clock, settings)
+    core = AsyncCore(slack_store)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="slack-test-loop", daemon=True)
+    thread.start()
+
+    async def start() -> SlackPart:
+        part = SlackPart(core, settings)
+        await part.start(run_delivery=deliver_by_itself)
+        return part
+
+    part = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield RunningSlack(part, slack_store, loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(part.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        core.close()
