@@ -124,7 +124,7 @@ class _Actions:
         await ack()
         key = _value(body)
         try:
-            preview = await self.core.call(reply_preview, key)
+            preview = await self.core.read(reply_preview, key)
         except SupportdeskError as exc:
             await _tell(respond, str(exc))
             return
@@ -135,7 +135,7 @@ class _Actions:
         await ack()
         key = _value(body)
         try:
-            card = await self.core.call(request_card, key)
+            card = await self.core.read(request_card, key)
         except SupportdeskError as exc:
             await _tell(respond, str(exc))
             return
@@ -147,7 +147,7 @@ class _Actions:
         await ack()
         approval_id = _int(_value(body))
         try:
-            card = await self.core.call(approval_card_view, approval_id)
+            card = await self.core.read(approval_card_view, approval_id)
         except SupportdeskError as exc:
             await _tell(respond, str(exc))
             return
@@ -158,7 +158,7 @@ class _Actions:
                            respond: AsyncRespond) -> None:
         await ack()
         try:
-            _key, message = await self.core.call(get_message, _int(_value(body)))
+            _key, message = await self.core.read(get_message, _int(_value(body)))
         except SupportdeskError as exc:
             await _tell(respond, str(exc))
             return

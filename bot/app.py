@@ -80,5 +80,5 @@ class SlackPart:
 
 
 async def _store_ok(core: AsyncCore) -> bool:
-    await core.call(lambda store: store.ping())
+    await core.read(lambda store: store.ping())
     return True

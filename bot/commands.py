@@ -69,14 +69,14 @@ def _usage(usage: ct.Usage, name: str) -> str:
 
 
 async def _show(core: AsyncCore, command: ct.Show, _actor: str) -> dict[str, Any]:
-    card = await core.call(request_card, command.key)
+    card = await core.read(request_card, command.key)
     text, blocks = triage_card(card, now=core.store.clock.now())
     return {"text": text, "blocks": blocks}
 
 
 async def _list(core: AsyncCore, command: ct.ListRequests, actor: str) -> dict[str, Any]:
     if command.view == "breached":
-        requests = await core.call(breached_requests, LIST_LIMIT)
+        requests = await core.read(breached_requests, LIST_LIMIT)
     else:
         where = {
             "open": RequestFilter(status="open", limit=LIST_LIMIT),
@@ -84,7 +84,7 @@ async def _list(core: AsyncCore, command: ct.ListRequests, actor: str) -> dict[s
             "unassigned": RequestFilter(status="new", limit=LIST_LIMIT),
             "waiting": RequestFilter(status="waiting_on_customer", limit=LIST_LIMIT),
         }[command.view]
-        requests = await core.call(list_requests, where)
+        requests = await core.read(list_requests, where)
     if not requests:
         return {"text": f"No {command.view} requests."}
     lines = [_request_line(r) for r in requests]
@@ -118,7 +118,7 @@ async def _reopen(core: AsyncCore, command: ct.Reopen, actor: str) -> dict[str, 
 
 
 async def _sla(core: AsyncCore, command: ct.Sla, _actor: str) -> dict[str, Any]:
-    explanation = (await core.call(explain, command.key)).to_json()
+    explanation = (await core.read(explain, command.key)).to_json()
     lines = [f"*{explanation['key']}* — policy {escape(explanation['policy']['name'])}"
              f" ({escape(explanation['policy']['why'])})"]
     for target in explanation["targets"]:
@@ -129,7 +129,7 @@ async def _sla(core: AsyncCore, command: ct.Sla, _actor: str) -> dict[str, Any]:
 
 
 async def _quarantine(core: AsyncCore, _command: ct.Quarantine, _actor: str) -> dict[str, Any]:
-    held = await core.call(list_quarantine, limit=QUARANTINE_LIMIT)
+    held = await core.read(list_quarantine, limit=QUARANTINE_LIMIT)
     if not held:
         return {"text": "No mail is in quarantine."}
     lines = [

@@ -50,6 +50,9 @@ CHANNEL = "slack"
 BATCH_SIZE = 50
 GIVE_UP_AFTER_ATTEMPTS = 120  # 30 s doubling to an hour: about five days, as for mail
 CARD_NOT_YET_SECONDS = 5  # a thread reply waits this long for its card to be posted
+# Woken by a change made in Slack, the worker waits this long first, so that a
+# burst of clicks becomes a few card updates instead of one each.
+COALESCE_SECONDS = 0.1
 # Slack errors that the same call will meet again however often it is retried.
 PERMANENT_ERRORS = frozenset({
     "channel_not_found", "not_in_channel", "is_archived", "msg_too_long", "invalid_blocks", "invalid_blocks_format",
@@ -108,8 +111,8 @@ class SlackDelivery:
         while not stop.is_set():
             self.wake.clear()
             report = await self._guarded_pass()
-            if report.claimed < BATCH_SIZE:
-                await _sleep(stop, self.wake, interval)
+            if report.claimed < BATCH_SIZE and await _sleep(stop, self.wake, interval) and not stop.is_set():
+                await asyncio.sleep(COALESCE_SECONDS)
 
     async def deliver_due(self, limit: int = BATCH_SIZE) -> DeliveryReport:
         """One pass: claim the due rows, deliver them in order, one update per request and card."""
@@ -167,9 +170,9 @@ class SlackDelivery:
             raise InvalidInput(f"unknown Slack outbox topic {item.topic!r}")
 
     async def _triage_card(self, key: str) -> None:
-        card = await self._core.call(request_card, key)
+        card = await self._core.read(request_card, key)
         text, blocks = triage_card(card, now=self._core.store.clock.now())
-        place = await self._core.call(request_card_place, key)
+        place = await self._core.read(request_card_place, key)
         if place is not None:
             await self._update(place, text, blocks)
             return
@@ -180,17 +183,17 @@ class SlackDelivery:
             await self._client.chat_delete(channel=posted.channel, ts=posted.ts)
 
     async def _thread_mirror(self, message_id: int) -> None:
-        key, message = await self._core.call(get_message, message_id)
-        place = await self._core.call(request_card_place, key)
+        key, message = await self._core.read(get_message, message_id)
+        place = await self._core.read(request_card_place, key)
         if place is None:
             raise NotReady(f"the card of {key} is not posted yet")
         text, blocks = mirrored_message(message)
         await self._post(place.channel, text, blocks, thread_ts=place.ts)
 
     async def _approval_card(self, approval_id: int, key: str) -> None:
-        card = await self._core.call(approval_card_view, approval_id)
+        card = await self._core.read(approval_card_view, approval_id)
         text, blocks = approval_card(card)
-        place = await self._core.call(approval_card_place, approval_id)
+        place = await self._core.read(approval_card_place, approval_id)
         if place is not None:
             await self._update(place, text, blocks)
             return
@@ -274,9 +277,11 @@ def _retry_after(exc: SlackApiError) -> int:
         return 30
 
 
-async def _sleep(stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
+async def _sleep(stop: asyncio.Event, wake: asyncio.Event, interval: float) -> bool:
+    """Wait ``interval`` or until stopped or woken; True when woken."""
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
     _done, pending = await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
     for waiter in pending:
         waiter.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    return wake.is_set()

@@ -45,10 +45,10 @@ async def note_from_thread(core: AsyncCore, event: dict[str, Any], home_team: st
         log.info("ignored a thread reply from %s of another workspace", user)
         return None
     try:
-        key = await core.call(request_of_card, CardPlace(str(channel), str(thread_ts)))
+        key = await core.read(request_of_card, CardPlace(str(channel), str(thread_ts)))
         if key is None:
             return None
-        if await core.call(find_agent, str(user)) is None:
+        if await core.read(find_agent, str(user)) is None:
             log.info("ignored a reply on the card of %s from %s, who is not an agent", key, user)
             return None
         await core.call(add_note, key, text[:NOTE_LIMIT], actor=str(user))

@@ -21,6 +21,7 @@ fails is not retried by Slack either way; claiming first loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -62,16 +63,22 @@ class AgentDirectory:
         self._core = core
         self._ttl = ttl
         self._known: dict[str, tuple[AgentRef | None, float]] = {}
+        self._loading: dict[str, asyncio.Future[AgentRef | None]] = {}
 
     async def find(self, user_id: str) -> AgentRef | None:
         now = time.monotonic()
         cached = self._known.get(user_id)
         if cached is not None and cached[1] > now:
             return cached[0]
-        agent = await self._core.call(find_agent, user_id)
+        pending = self._loading.get(user_id)
+        if pending is None:  # clicks of one person arriving together share one lookup
+            pending = asyncio.ensure_future(self._core.read(find_agent, user_id))
+            self._loading[user_id] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(user_id, None))
+        agent = await asyncio.shield(pending)
         if len(self._known) > 10_000:
             self._known.clear()
-        self._known[user_id] = (agent, now + self._ttl)
+        self._known[user_id] = (agent, time.monotonic() + self._ttl)
         return agent
 
 

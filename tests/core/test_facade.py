@@ -7,6 +7,7 @@ import threading
 
 from core import services
 from core.facade import AsyncCore
+from core.queries import get_request_detail
 from core.store import Store
 from tests.factories import AGENT, open_request, seed
 
@@ -58,3 +59,29 @@ def test_loop_stays_responsive_while_calls_run(store: Store) -> None:
     statuses, ticks = asyncio.run(scenario())
     assert statuses == ["assigned"] * 5
     assert ticks > 5  # the loop kept running while the database worked
+
+
+def test_reads_do_not_queue_behind_a_write_in_progress(store: Store) -> None:
+    """A read answers while the one writer thread is busy: it has a pool of its own."""
+    seed(store)
+    key = open_request(store).key
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(s: Store) -> None:
+        writing.set()
+        release.wait(10)
+
+    async def scenario() -> str:
+        core = AsyncCore(store)
+        try:
+            write = asyncio.ensure_future(core.call(slow_write))
+            await asyncio.get_running_loop().run_in_executor(None, writing.wait, 10)
+            found = await asyncio.wait_for(core.read(get_request_detail, key), timeout=5)
+            release.set()
+            await write
+            return found.request.key
+        finally:
+            release.set()
+            core.close()
+
+    assert asyncio.run(scenario()) == key
