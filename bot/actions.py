@@ -32,6 +32,7 @@ from core.services.cards import request_card
 log = logging.getLogger("supportdesk.slack")
 
 STORE_DOWN = "The store is not answering right now, so nothing was done. Try again in a minute."
+CREATE_REQUEST_SHORTCUT = "create_request"  # the message shortcut's callback_id, as in the app manifest
 Changed = Callable[[], None]
 
 
@@ -54,6 +55,8 @@ def register(app: AsyncApp, core: AsyncCore, changed: Changed) -> None:
     app.view(modals.REQUEST_APPROVAL)(act.submit_request_approval)
     app.view(modals.MERGE)(act.submit_merge)
     app.view(modals.REJECT)(act.submit_reject)
+    app.shortcut(CREATE_REQUEST_SHORTCUT)(act.open_new_from_message)
+    app.view(modals.NEW_REQUEST)(act.submit_new)
 
 
 class _Actions:
@@ -164,7 +167,33 @@ class _Actions:
             return
         await client.views_open(trigger_id=body["trigger_id"], view=b.full_message_modal(message))
 
+    async def open_new_from_message(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """"Create support request" on a message: the form opens with the message's text, and its author's
+        e-mail address when Slack tells us (``users:read.email``)."""
+        await ack()
+        message = body.get("message") or {}
+        text = str(message.get("text") or "")
+        requester = await _email_of(client, message.get("user"))
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        source = {"channel": str((body.get("channel") or {}).get("id") or ""), "ts": str(message.get("ts") or "")}
+        view = modals.new_request_modal(requester=requester, subject=first_line[:120] or None,
+                                        body=text[:modals.BODY_MAX] or None, source=source)
+        await client.views_open(trigger_id=body["trigger_id"], view=view)
+
     # --- modal submissions: answer in the modal when the input is wrong ------------------------
+
+    async def submit_new(self, ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext) -> None:
+        submitted = modals.values(view)
+        source = modals.metadata(view).get("source") or {}
+        # The same Slack message logged twice is one request: its Message-ID is fixed by the message.
+        message_id = (f"<slack.{source['channel']}.{source['ts']}@slack.invalid>"
+                      if source.get("channel") and source.get("ts") else None)
+        requester = (submitted.get("requester") or "").strip()
+        field = "requester" if "@" not in requester else "subject"
+        mail = services.InboundMail(from_address=requester, subject=submitted.get("subject") or "",
+                                    body_text=submitted.get("body") or "", message_id=message_id)
+        await self._submit(ack, field, services.open_request, channel="slack", mail=mail,
+                           priority=submitted.get("priority") or "normal", actor=agent_of(context).slack_user_id)
 
     async def submit_resolve(self, ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext) -> None:
         submitted = modals.values(view)
@@ -257,6 +286,18 @@ def _int(value: str) -> int:
         return int(value)
     except ValueError as exc:
         raise InvalidInput(f"{value!r} is not an id") from exc
+
+
+async def _email_of(client: AsyncWebClient, user_id: object) -> str | None:
+    """The Slack user's profile e-mail, or None when Slack does not say (no scope, a bot, an error)."""
+    if not isinstance(user_id, str) or not user_id:
+        return None
+    try:
+        response = await client.users_info(user=user_id)
+    except Exception:  # noqa: BLE001 - prefilling is a convenience; the agent types the address instead
+        return None
+    email = ((response.get("user") or {}).get("profile") or {}).get("email")
+    return str(email) if email else None
 
 
 async def _tell(respond: AsyncRespond, text: str) -> None:

@@ -15,6 +15,7 @@ USER_MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>$")
 LIST_VIEWS = ("open", "mine", "unassigned", "waiting", "breached")
 
 HELP = """*supportdesk* — `{cmd} <what>`:
+• `{cmd} new` — log a request for a customer (a form opens)
 • `{cmd} show SR-12` — the request's card, here, for you
 • `{cmd} list [open|mine|unassigned|waiting|breached]` — up to 20 requests, newest first
 • `{cmd} claim SR-12` — take it
@@ -22,6 +23,8 @@ HELP = """*supportdesk* — `{cmd} <what>`:
 • `{cmd} resolve SR-12 what was done` — resolve with a note for the customer
 • `{cmd} reopen SR-12` — reopen a resolved request
 • `{cmd} sla SR-12` — its clocks: policy, due times, state
+• `{cmd} customer C-1001` — KYC status, open requests, invoices, adjustments of the last 90 days
+• `{cmd} metrics [today|yesterday|7d|30d|2026-01-01..2026-02-01]` — the team's figures (default: the last 7 days)
 • `{cmd} quarantine` — mail that was set aside, with the reason
 • `{cmd} help` — this list"""
 
@@ -69,13 +72,30 @@ class Quarantine:
 
 
 @dataclass(frozen=True)
+class New:
+    pass
+
+
+@dataclass(frozen=True)
+class CustomerInfo:
+    ref: str
+
+
+@dataclass(frozen=True)
+class Metrics:
+    period: str  # today, yesterday, 7d, 30d or FIRST..END (END not counted)
+
+
+@dataclass(frozen=True)
 class Usage:
     """Help, asked for or not; ``problem`` says what was wrong with the input, if anything."""
 
     problem: str | None = None
 
 
-Command = Show | ListRequests | Claim | Assign | Resolve | Reopen | Sla | Quarantine | Usage
+Command = (Show | ListRequests | Claim | Assign | Resolve | Reopen | Sla | Quarantine | New | CustomerInfo | Metrics
+           | Usage)
+METRIC_PERIODS = re.compile(r"^(today|yesterday|\d{1,3}d|\d{4}-\d{2}-\d{2}\.\.\d{4}-\d{2}-\d{2})$")
 
 
 def parse(text: str) -> Command:
@@ -91,6 +111,17 @@ def parse(text: str) -> Command:
         return ListRequests(view)
     if verb == "quarantine":
         return Quarantine() if not args else Usage("`quarantine` takes nothing after it")
+    if verb == "new":
+        return New() if not args else Usage("`new` takes nothing after it; a form opens")
+    if verb == "customer":
+        if len(args) != 1:
+            return Usage("`customer` takes one customer reference, like C-1001")
+        return CustomerInfo(args[0])
+    if verb == "metrics":
+        period = args[0].lower() if args else "7d"
+        if len(args) > 1 or not METRIC_PERIODS.match(period):
+            return Usage("`metrics` takes today, yesterday, a number of days like 7d, or FIRST..END dates")
+        return Metrics(period)
     if verb in ("show", "claim", "reopen", "sla"):
         if len(args) != 1:
             return Usage(f"`{verb}` takes one request key, like SR-12")

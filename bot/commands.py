@@ -15,14 +15,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import command_text as ct
-from bot.blocks import escape, triage_card
+from bot import modals
+from bot.blocks import escape, money, triage_card
+from bot.metrics_text import metrics_period, metrics_text
 from bot.guard import agent_of
 from core import services
 from core.errors import StoreUnavailable, SupportdeskError
 from core.facade import AsyncCore
-from core.queries import RequestFilter, breached_requests, list_requests
+from core.metrics import compute_metrics
+from core.queries import ADJUSTMENT_DAYS, RequestFilter, breached_requests, customer_summary, list_requests
 from core.services.cards import request_card
 from core.services.mail_intake import list_quarantine
 from core.services.sla import explain
@@ -40,12 +44,15 @@ def register(app: AsyncApp, core: AsyncCore, command: str) -> None:
 
     @app.command(command)
     async def on_command(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
-                         respond: AsyncRespond) -> None:
+                         respond: AsyncRespond, client: AsyncWebClient) -> None:
         parsed = ct.parse(body.get("text", ""))
         if isinstance(parsed, ct.Usage):
             await ack(response_type="ephemeral", text=_usage(parsed, command))
             return
         await ack()
+        if isinstance(parsed, ct.New):
+            await client.views_open(trigger_id=body["trigger_id"], view=modals.new_request_modal())
+            return
         reply = await answer(core, parsed, agent_of(context).slack_user_id, command)
         await respond(response_type="ephemeral", replace_original=False, **reply)
 
@@ -140,6 +147,34 @@ async def _quarantine(core: AsyncCore, _command: ct.Quarantine, _actor: str) -> 
     return {"text": "*Quarantined mail* (release with `supportdesk quarantine release ID`)\n" + "\n".join(lines)}
 
 
+async def _customer(core: AsyncCore, command: ct.CustomerInfo, _actor: str) -> dict[str, Any]:
+    summary = await core.read(customer_summary, command.ref)
+    c = summary.customer
+    lines = [f"*{escape(c.name)}* ({escape(c.external_ref)}) — KYC *{c.kyc_status}*"]
+    lines.append(f"*Open requests* ({len(summary.open_requests)})" if summary.open_requests else "No open requests.")
+    for r in summary.open_requests:
+        disputed = (f" · disputed {money(r.disputed_amount_minor, r.disputed_currency)}"
+                    if r.disputed_amount_minor is not None and r.disputed_currency else "")
+        lines.append(_request_line(r) + disputed)
+    if summary.invoices:
+        lines.append("*Invoices*")
+        lines += [f"• {escape(i.number)} {money(i.amount_minor, i.currency)} due {i.due_on.isoformat()} · {i.status}"
+                  for i in summary.invoices]
+    lines.append(f"*Adjustments, last {ADJUSTMENT_DAYS} days*" if summary.adjustments
+                 else f"No adjustments in the last {ADJUSTMENT_DAYS} days.")
+    lines += [f"• {a.kind.replace('_', ' ')} {money(a.amount_minor, a.currency)} on `{a.request_key}` · {a.status}"
+              f" · asked {a.requested_at.date().isoformat()}" for a in summary.adjustments]
+    return {"text": "\n".join(lines)}
+
+
+async def _metrics(core: AsyncCore, command: ct.Metrics, _actor: str) -> dict[str, Any]:
+    store = core.store
+    now = store.clock.now()
+    period = metrics_period(command.period, now.astimezone(store.settings.tz).date(), store.settings.tz)
+    report = (await core.read(compute_metrics, period, None, now)).to_json()
+    return {"text": metrics_text(report, command.period)}
+
+
 Handler = Callable[[AsyncCore, Any, str], Awaitable[dict[str, Any]]]
 _HANDLERS: dict[type, Handler] = {
     ct.Show: _show,
@@ -150,4 +185,6 @@ _HANDLERS: dict[type, Handler] = {
     ct.Reopen: _reopen,
     ct.Sla: _sla,
     ct.Quarantine: _quarantine,
+    ct.CustomerInfo: _customer,
+    ct.Metrics: _metrics,
 }

@@ -22,11 +22,23 @@ REPLY = "reply_modal"
 REQUEST_APPROVAL = "request_approval_modal"
 MERGE = "merge_modal"
 REJECT = "reject_modal"
+NEW_REQUEST = "new_request_modal"
 
 NOTE_MAX = 3000
 BODY_MAX = 3000  # Slack's plain_text_input maximum
 KINDS = (("credit", "Credit"), ("refund", "Refund"), ("write_off", "Write-off"))
 RESOLUTION_CODES = ("fixed", "refunded", "credited", "answered", "duplicate", "wont_fix")
+
+
+def new_request_modal(*, requester: str | None = None, subject: str | None = None, body: str | None = None,
+                      source: dict[str, str] | None = None) -> dict[str, Any]:
+    """Log a request for a customer; from a message shortcut, ``source`` names the Slack message it came from."""
+    return _modal(NEW_REQUEST, "New support request", "Log it", {"source": source} if source else {}, [
+        _text_input("requester", "Customer's e-mail address", max_length=320, initial=requester),
+        _text_input("subject", "Subject", max_length=250, initial=subject),
+        _text_input("body", "What they need", multiline=True, max_length=BODY_MAX, initial=body),
+        _select("priority", "Priority", [(p, p) for p in ("normal", "high", "urgent", "low")], optional=True),
+    ])
 
 
 def resolve_modal(key: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import func, select
@@ -10,11 +11,21 @@ from sqlalchemy.orm import selectinload
 
 from core.errors import InvalidInput, NotFound
 from core.lifecycle import DONE_STATES, Status
-from core.models import Agent, Approval, Customer, Event, Message, Request
+from core.models import Agent, Approval, Customer, Event, Invoice, Message, Request
 from core.services.common import parse_key
 from core.services.correspondence import reply_subject
 from core.store import Store
-from core.views import AgentRef, ApprovalView, EventView, MessageView, RequestDetail, RequestView
+from core.views import (
+    AdjustmentLine,
+    AgentRef,
+    ApprovalView,
+    CustomerRef,
+    EventView,
+    InvoiceRef,
+    MessageView,
+    RequestDetail,
+    RequestView,
+)
 
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "withdrawn")
 DEFAULT_LIMIT = 200
@@ -198,3 +209,54 @@ def reply_preview(store: Store, key: str) -> ReplyPreview:
             .limit(1)
         ).scalar_one_or_none()
         return ReplyPreview(request.key, (request.requester_email,), reply_subject(request), last)
+
+
+@dataclass(frozen=True)
+class CustomerSummary:
+    """One customer at a glance: KYC, open requests and disputes, invoices, recent adjustments."""
+
+    customer: CustomerRef
+    open_requests: tuple[RequestView, ...]
+    invoices: tuple[InvoiceRef, ...]
+    adjustments: tuple[AdjustmentLine, ...]  # newest first, the last 90 days
+
+
+ADJUSTMENT_DAYS = 90
+
+
+def customer_summary(store: Store, external_ref: str, limit: int = 20) -> CustomerSummary:
+    """The customer named by ``external_ref`` (case as stored), for an agent about to talk money with them."""
+    ref = (external_ref or "").strip()
+    if not ref:
+        raise InvalidInput("give a customer reference, like C-1001")
+    with store.read() as session:
+        customer = session.execute(select(Customer).where(Customer.external_ref == ref)).scalar_one_or_none()
+        if customer is None:
+            raise NotFound(f"there is no customer with reference {ref!r}")
+        requests = session.execute(
+            select(Request).options(*_request_options())
+            .where(Request.customer_id == customer.id, Request.status.not_in([s.value for s in DONE_STATES]))
+            .order_by(Request.number.desc()).limit(limit)
+        ).scalars()
+        invoices = session.execute(
+            select(Invoice).options(selectinload(Invoice.customer))
+            .where(Invoice.customer_id == customer.id).order_by(Invoice.due_on.desc()).limit(limit)
+        ).scalars()
+        since = store.clock.now() - timedelta(days=ADJUSTMENT_DAYS)
+        adjustments = session.execute(
+            select(Approval, Request.number).join(Request, Request.id == Approval.request_id)
+            .where(Request.customer_id == customer.id, Approval.requested_at >= since)
+            .order_by(Approval.requested_at.desc(), Approval.id.desc()).limit(limit)
+        ).all()
+        customer_ref = CustomerRef.of(customer)
+        assert customer_ref is not None
+        return CustomerSummary(
+            customer=customer_ref,
+            open_requests=tuple(RequestView.of(r) for r in requests),
+            invoices=tuple(i for i in (InvoiceRef.of(inv) for inv in invoices) if i is not None),
+            adjustments=tuple(
+                AdjustmentLine(a.id, f"SR-{number}", a.kind, a.amount_minor, a.currency, a.status, a.requested_at,
+                               a.decided_at)
+                for a, number in adjustments
+            ),
+        )

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from core import services
 from core.models import Message, OutboxMessage
-from core.queries import get_request_detail
+from core.queries import RequestFilter, get_request_detail, list_requests
 from core.services import InboundMail
 from core.store import Store
 from tests import factories as f
@@ -32,6 +32,7 @@ from tests.slack.signing import (
     block_actions,
     button,
     event_callback,
+    message_action,
     message_event,
     signed_event,
     signed_interaction,
@@ -356,3 +357,73 @@ def test_slack_down_delays_cards_and_they_arrive_after_it_recovers(slack: Runnin
     slack.store.clock.advance(timedelta(minutes=5))
     slack.deliver()
     assert key in card_post(fake_slack)["text"]
+
+
+# --- logging requests from Slack, customers and figures ----------------------------------------
+
+
+def new_request_values(requester: str, subject: str, body: str) -> dict:  # type: ignore[type-arg]
+    return {"requester": {"value": text_input(requester)}, "subject": {"value": text_input(subject)},
+            "body": {"value": text_input(body)},
+            "priority": {"value": {"type": "static_select", "selected_option": {"value": "high"}}}}
+
+
+def test_sd_new_opens_a_form_that_logs_a_request_and_a_bad_address_is_answered_in_it(
+    slack: RunningSlack, fake_slack: FakeSlack
+) -> None:
+    assert command(slack, fake_slack, "new").status == 200
+    (opened,) = fake_slack.wait_for_calls("views.open")
+    assert opened.args["view"]["callback_id"] == "new_request_modal"
+    bad = slack.post(signed_interaction(view_submission("new_request_modal",
+                                                        new_request_values("not an address", "Help", "x"),
+                                                        private_metadata=opened.args["view"]["private_metadata"],
+                                                        user=ALICE)))
+    assert bad.json()["response_action"] == "errors" and "requester" in bad.json()["errors"]
+    good = slack.post(signed_interaction(view_submission("new_request_modal",
+                                                         new_request_values("ops@pending.test", "VPN down", "Since 9"),
+                                                         private_metadata=opened.args["view"]["private_metadata"],
+                                                         user=ALICE)))
+    assert good.status == 200
+    request = get_request_detail(slack.store, "SR-1").request
+    assert (request.channel, request.subject, request.priority, request.opened_by) == ("slack", "VPN down", "high",
+                                                                                       ALICE.id)
+    assert request.customer is not None and request.customer.external_ref == "C-PEND"
+
+
+def test_a_message_shortcut_prefills_the_form_and_one_message_logs_one_request(slack: RunningSlack,
+                                                                               fake_slack: FakeSlack) -> None:
+    fake_slack.add_user("U0CUSTOMR", email="ops@pending.test")
+    shortcut = message_action("create_request", "Our VPN is down\nsince this morning", message_ts="1700000001.000100",
+                              message_user="U0CUSTOMR", user=ALICE)
+    slack.post(signed_interaction(shortcut))
+    (opened,) = fake_slack.wait_for_calls("views.open")
+    view = opened.args["view"]
+    initial = {b["block_id"]: b["element"].get("initial_value") for b in view["blocks"] if b["type"] == "input"}
+    assert initial["requester"] == "ops@pending.test" and initial["subject"] == "Our VPN is down"
+    for _ in range(2):
+        slack.post(signed_interaction(view_submission("new_request_modal", new_request_values(
+            "ops@pending.test", "Our VPN is down", "since this morning"), private_metadata=view["private_metadata"],
+            user=ALICE)))
+    assert [r.key for r in list_requests(slack.store, RequestFilter(status="all"))] == ["SR-1"]
+
+
+def test_customer_shows_kyc_open_requests_invoices_and_adjustments(slack: RunningSlack, fake_slack: FakeSlack) -> None:
+    key = f.open_request(slack.store, invoice="INV-100", disputed="120.00").key
+    services.claim(slack.store, key, actor=ALICE.id)
+    services.request_approval(slack.store, key, kind="credit", amount=f.euros("50.00"), reason="goodwill",
+                              actor=ALICE.id)
+    command(slack, fake_slack, "customer C-VER")
+    (text,) = ephemeral_texts(fake_slack)
+    assert "Acme Verified Ltd" in text and "KYC *verified*" in text and f"`{key}`" in text
+    assert "INV-100" in text and "credit" in text and "pending" in text
+    command(slack, fake_slack, "customer C-NOPE")
+    assert "no customer with reference" in ephemeral_texts(fake_slack, 2)[1]
+
+
+def test_metrics_prints_the_same_numbers_as_the_metrics_report(slack: RunningSlack, fake_slack: FakeSlack) -> None:
+    key = email_request(slack)
+    services.claim(slack.store, key, actor=ALICE.id)
+    command(slack, fake_slack, "metrics today")
+    (text,) = ephemeral_texts(fake_slack)
+    assert text.startswith("*Team figures, today*") and "Backlog: 1 open" in text
+    assert "/sd metrics" in command(slack, fake_slack, "metrics forever").json()["text"]
