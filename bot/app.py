@@ -15,7 +15,7 @@ import logging
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import actions, commands, events
+from bot import actions, commands, events, home
 from bot.client import make_client
 from bot.delivery import SlackDelivery
 from bot.guard import make_middleware
@@ -43,6 +43,7 @@ def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, chan
     commands.register(app, core, settings.slash_command)
     actions.register(app, core, changed)
     events.register(app, core)
+    home.register(app, core)
 
     @app.error
     async def on_error(error: Exception) -> None:

@@ -512,3 +512,90 @@ class ApprovalCard:
     adjustments_since: datetime
     recent_adjustments: tuple[AdjustmentLine, ...]
     recent_adjustment_count: int
+
+
+# --- What an agent's Slack App Home shows -----------------------------------
+#
+# Read in one go when the agent opens the Home tab, drawn by the bot without
+# going back to the store. Not a public interface: no JSON.
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One open request in an agent's queue, with the SLA moment that makes it urgent."""
+
+    key: str
+    subject: str
+    status: str
+    priority: str
+    # The linked customer's name; None when the request is not linked to one.
+    customer_name: str | None
+    requester: str
+    # The earliest SLA due time still running: the first response while it is
+    # missing, the next reply, the resolution. None while the clock is paused
+    # (waiting on the customer) or when no target applies.
+    next_due_at: datetime | None
+    # ``next_due_at`` has passed: the same rule as the open breaches of the metrics.
+    breached: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WaitingApproval:
+    """A pending approval the agent may decide now, and what it is about."""
+
+    id: int
+    kind: str
+    amount_minor: int
+    currency: str
+    request_key: str
+    request_subject: str
+    requested_by: str
+    requested_by_name: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
+class Share:
+    """A rate as ``supportdesk metrics --json`` prints it: ``rate`` to 4 decimals, None with nothing to divide."""
+
+    numerator: int
+    denominator: int
+    rate: float | None
+
+
+@dataclass(frozen=True)
+class TeamToday:
+    """Today's team figures: the period ``[since, until)`` is today in ``timezone``, up to now."""
+
+    day: date
+    timezone: str
+    since: datetime
+    until: datetime
+    # Requests opened today: their ``request.opened`` events in the period.
+    opened: int
+    # The rest are compute_metrics' own numbers for the period.
+    resolved: int
+    backlog: int
+    first_responses: int
+    first_response_median_seconds: int | None
+    first_response_in_sla: Share
+    resolution_in_sla: Share
+    open_breaches: int
+
+
+@dataclass(frozen=True)
+class AgentHome:
+    """Everything one agent's Home tab shows, as of ``as_of``."""
+
+    agent: AgentRef
+    as_of: datetime
+    # Most urgent first, at most a page; ``queue_total`` counts them all.
+    queue: tuple[QueueItem, ...]
+    queue_total: int
+    # Whether the agent holds the approver role at all (else the section says so).
+    decides_approvals: bool
+    # Oldest first, at most a page; ``more_approvals`` when others are waiting too.
+    approvals: tuple[WaitingApproval, ...]
+    more_approvals: bool
+    today: TeamToday
