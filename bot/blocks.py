@@ -443,7 +443,9 @@ def triage_card(card: RequestCard, *, now: datetime) -> tuple[str, list[Block]]:
         blocks.append(_section("\n".join(notes)))
     actions = _request_actions(card)
     if actions:
-        blocks.append({"type": "actions", "block_id": REQUEST_ACTIONS_BLOCK, "elements": actions})
+        # The key rides in the block id too: the person picker has no value of its own, and a click on
+        # an ephemeral copy of the card (``/sd show``) comes without the message to read it from.
+        blocks.append({"type": "actions", "block_id": f"{REQUEST_ACTIONS_BLOCK}:{card.key}", "elements": actions})
     blocks.append(_context(_last_change_text(card.last_change),
                            f"Opened via {escape(card.channel)} · {_when(card.created_at)}"))
     state = "merged" if card.merged_into else card.status.replace("_", " ")

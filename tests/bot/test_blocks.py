@@ -332,14 +332,16 @@ def test_each_state_offers_only_what_it_allows(state: str, ids: list[str], more:
 
 
 @pytest.mark.parametrize("state", STATES)
-def test_every_action_carries_the_request_key_in_its_value_never_in_a_block_id(state: str) -> None:
+def test_every_action_carries_the_request_key_in_its_value_and_the_actions_block_id(state: str) -> None:
+    """Values carry the key; the actions block's id too, for the person picker, which has no value."""
     _, blocks = b.triage_card(in_state(state), now=NOW)
     for element in elements(blocks):
         if element["type"] == "button":
             assert element["value"] == "SR-7"
         for option in element.get("options", []):
             assert b.split_choice(option["value"])[0] == "SR-7"
-    assert all("SR-7" not in block.get("block_id", "") for block in blocks)
+    actions = [block for block in blocks if block["type"] == "actions"]
+    assert [block["block_id"] for block in actions] == ([f"{b.REQUEST_ACTIONS_BLOCK}:SR-7"] if actions else [])
     assert b.card_request_key(blocks) == ("SR-7" if elements(blocks) else None)
 
 
