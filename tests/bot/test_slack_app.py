@@ -427,3 +427,70 @@ def test_metrics_prints_the_same_numbers_as_the_metrics_report(slack: RunningSla
     (text,) = ephemeral_texts(fake_slack)
     assert text.startswith("*Team figures, today*") and "Backlog: 1 open" in text
     assert "/sd metrics" in command(slack, fake_slack, "metrics forever").json()["text"]
+
+
+def test_merge_reopen_and_full_message_from_the_card(slack: RunningSlack, fake_slack: FakeSlack) -> None:
+    survivor = email_request(slack, subject="Charged twice")
+    duplicate = email_request(slack, subject="Charged twice again", body="Same problem. " * 400)
+    click(slack, fake_slack, static_select("more", f"{duplicate}|merge"))
+    (opened,) = fake_slack.wait_for_calls("views.open")
+    assert opened.args["view"]["callback_id"] == "merge_modal"
+    meta = opened.args["view"]["private_metadata"]
+    itself = slack.post(signed_interaction(view_submission("merge_modal", {"into": {"value": text_input(duplicate)}},
+                                                           private_metadata=meta, user=ALICE)))
+    assert itself.json()["response_action"] == "errors" and "into itself" in itself.json()["errors"]["into"]
+    slack.post(signed_interaction(view_submission("merge_modal", {"into": {"value": text_input(survivor.lower())}},
+                                                  private_metadata=meta, user=ALICE)))
+    assert get_request_detail(slack.store, duplicate).request.merged_into == survivor
+
+    message_id = get_request_detail(slack.store, duplicate).messages[0].id
+    click(slack, fake_slack, button("show_message", str(message_id)))
+    full = fake_slack.wait_for_calls("views.open", 2)[1].args["view"]
+    assert full["type"] == "modal" and "Same problem." in json.dumps(full)
+
+    services.claim(slack.store, survivor, actor=ALICE.id)
+    services.resolve(slack.store, survivor, note="Refunded", actor=ALICE.id)
+    click(slack, fake_slack, button("reopen", survivor))
+    deadline = time.monotonic() + 5
+    while get_request_detail(slack.store, survivor).request.status != "assigned" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert get_request_detail(slack.store, survivor).request.reopen_count == 1
+
+
+def test_reject_needs_a_reason_and_then_decides(slack: RunningSlack, fake_slack: FakeSlack) -> None:
+    key = f.open_request(slack.store, invoice="INV-100", disputed="120.00").key
+    services.claim(slack.store, key, actor=ALICE.id)
+    approval = services.request_approval(slack.store, key, kind="refund", amount=f.euros("30.00"), reason="late",
+                                         actor=ALICE.id)
+    click(slack, fake_slack, button("reject", str(approval.id)), user=CAROL)
+    (opened,) = fake_slack.wait_for_calls("views.open")
+    assert opened.args["view"]["callback_id"] == "reject_modal" and "30.00" in json.dumps(opened.args["view"])
+    meta = opened.args["view"]["private_metadata"]
+    empty = slack.post(signed_interaction(view_submission("reject_modal", {"reason": {"value": text_input(" ")}},
+                                                          private_metadata=meta, user=CAROL)))
+    assert empty.json()["response_action"] == "errors" and "reason" in empty.json()["errors"]
+    assert get_request_detail(slack.store, key).approvals[0].status == "pending"
+    slack.post(signed_interaction(view_submission("reject_modal", {"reason": {"value": text_input("Not owed")}},
+                                                  private_metadata=meta, user=CAROL)))
+    decided = get_request_detail(slack.store, key).approvals[0]
+    assert (decided.status, decided.decided_by, decided.decision_note) == ("rejected", CAROL.id, "Not owed")
+
+
+def test_slack_errors_that_retrying_cannot_fix_fail_the_row_with_slacks_reason(slack: RunningSlack,
+                                                                             fake_slack: FakeSlack) -> None:
+    email_request(slack)
+    fake_slack.fail("chat.postMessage", "channel_not_found", times=5)
+    assert slack.deliver().failed >= 1
+    with slack.store.read() as session:
+        row = session.execute(select(OutboxMessage).where(OutboxMessage.topic == "triage_card")).scalar_one()
+    assert row.status == "failed" and "channel_not_found" in (row.last_error or "")
+
+
+def test_a_server_error_is_retried_later_and_the_card_then_arrives(slack: RunningSlack, fake_slack: FakeSlack) -> None:
+    key = email_request(slack)
+    fake_slack.server_error("chat.postMessage", times=10)
+    assert slack.deliver().retried >= 1
+    fake_slack.clear_faults()
+    slack.store.clock.advance(timedelta(minutes=5))
+    slack.deliver()
+    assert key in card_post(fake_slack)["text"]
