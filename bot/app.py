@@ -2,9 +2,15 @@
 
 :class:`SlackPart` is what ``serve`` starts and stops: the Bolt app with
 its middleware (each event once, agents only) and listeners (the slash
-command, card buttons and modals, thread notes), the HTTP listener Slack
-posts to, and the outbox worker that posts and updates cards. All of them
+command, card buttons and modals, thread notes), the way Slack's requests
+reach it, and the outbox worker that posts and updates cards. All of them
 reach the store only through core's service functions on the database pool.
+
+Slack's requests arrive one of two ways, with everything else the same:
+HTTP mode (Slack posts signed requests to ``/slack/events``) or, when
+``SLACK_APP_TOKEN`` is set, Socket Mode (:mod:`bot.socket_mode`: the app
+opens a WebSocket to Slack and the requests come over it). The HTTP listener
+runs in both, for ``/health``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from bot.client import make_client
 from bot.delivery import SlackDelivery
 from bot.guard import make_middleware
 from bot.server import SlackHttpServer
+from bot.socket_mode import SocketModeConnection
 from core.errors import InvalidInput
 from core.facade import AsyncCore
 from core.settings import Settings
@@ -28,12 +35,21 @@ log = logging.getLogger("supportdesk.slack")
 
 
 def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, changed: actions.Changed) -> AsyncApp:
-    """The Bolt app, verifying every request with the signing secret."""
-    if not settings.slack_signing_secret:
+    """The Bolt app: over HTTP it verifies every request with the signing secret.
+
+    In Socket Mode (``SLACK_APP_TOKEN`` set) requests arrive on the WebSocket
+    the app itself opened with its app token, so there is no signature to
+    check and no secret is needed; verification is off only then, and the
+    HTTP listener offers no ``/slack/events`` for unsigned posts to reach.
+    """
+    socket_mode = bool(settings.slack_app_token)
+    if not socket_mode and not settings.slack_signing_secret:
         raise InvalidInput("SLACK_SIGNING_SECRET is not set; Slack requests cannot be verified without it")
     app = AsyncApp(
         client=client,
-        signing_secret=settings.slack_signing_secret,
+        # "" rather than None: Bolt would otherwise read SLACK_SIGNING_SECRET from the environment itself.
+        signing_secret=settings.slack_signing_secret or "",
+        request_verification_enabled=not socket_mode,
         # Unhandled payloads are logged by Bolt; a 404 makes Slack show the user an error, as it should.
         raise_error_for_unhandled_request=False,
         process_before_response=False,
@@ -53,26 +69,41 @@ def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, chan
 
 
 class SlackPart:
-    """The Slack app as one part of ``serve``: HTTP listener plus card delivery."""
+    """The Slack app as one part of ``serve``: HTTP listener (and Socket Mode, if asked for) plus card delivery."""
 
     def __init__(self, core: AsyncCore, settings: Settings, client: AsyncWebClient | None = None) -> None:
         self.client = client or make_client(settings)
         self.delivery = SlackDelivery(core, self.client, triage_channel=settings.triage_channel,
                                       approvals_channel=settings.approvals_channel)
         self.app = create_app(core, self.client, settings, changed=self.delivery.wake.set)
-        self.server = SlackHttpServer(self.app, settings.http_listen, store_ok=lambda: _store_ok(core))
+        self.socket_mode = (SocketModeConnection(self.app, settings.slack_app_token, self.client)
+                            if settings.slack_app_token else None)
+        self.server = SlackHttpServer(self.app, settings.http_listen, store_ok=lambda: _store_ok(core),
+                                      slack_posts=self.socket_mode is None)
         self._stop = asyncio.Event()
         self._delivery_task: asyncio.Task[None] | None = None
 
     async def start(self, *, run_delivery: bool = True) -> None:
-        """Listen for Slack; with ``run_delivery`` (always, in ``serve``) deliver the outbox in the background."""
+        """Listen for Slack; with ``run_delivery`` (always, in ``serve``) deliver the outbox in the background.
+
+        Raises ``OSError`` when the HTTP listener cannot listen, ``InvalidInput``
+        when Slack refuses the app token; nothing is left running then.
+        """
         await self.server.start()
+        if self.socket_mode is not None:
+            try:
+                await self.socket_mode.start()
+            except BaseException:
+                await self.server.stop()
+                raise
         if run_delivery:
             self._delivery_task = asyncio.get_running_loop().create_task(self.delivery.run(self._stop),
                                                                          name="slack-delivery")
 
     async def stop(self) -> None:
         """Stop taking requests, then let the delivery finish the pass it is in."""
+        if self.socket_mode is not None:
+            await self.socket_mode.stop()
         await self.server.stop()
         self._stop.set()
         if self._delivery_task is not None:

@@ -6,7 +6,9 @@ default: a ``429`` is retried after the ``Retry-After`` Slack sends, a
 still failing after that surfaces as an error to the caller (the outbox
 worker then keeps the row and tries again later, so nothing is lost).
 ``SUPPORTDESK_SLACK_API_URL`` points the client somewhere else than Slack,
-which is how the tests run the real app against a recording fake.
+which is how the tests run the real app against a recording fake. In Socket
+Mode the same client asks ``apps.connections.open`` for the WebSocket URL
+(the SDK sends the app token for that one call), so that goes there too.
 """
 
 from __future__ import annotations

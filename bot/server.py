@@ -4,6 +4,10 @@ aiohttp in ``serve``'s own event loop (no second thread, no development
 server): Bolt's adapter hands it each request with the raw body, so the
 signature is checked on exactly the bytes Slack signed. The health answer is
 cheap on purpose: it says the process answers and whether the store does.
+
+In Socket Mode Slack's requests come over the app's own WebSocket and the
+app verifies no signatures, so ``/slack/events`` is not offered at all (a
+post there is 404): only ``/health`` is.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ HealthCheck = Callable[[], Awaitable[bool]]
 class SlackHttpServer:
     """Bolt behind aiohttp on ``listen``; :meth:`start` and :meth:`stop` from the running loop."""
 
-    def __init__(self, app: AsyncApp, listen: HostPort, store_ok: HealthCheck) -> None:
+    def __init__(self, app: AsyncApp, listen: HostPort, store_ok: HealthCheck, *, slack_posts: bool = True) -> None:
+        """``slack_posts=False`` (Socket Mode) serves ``/health`` only: nothing would verify a post."""
         self._app = app
         self._listen = listen
         self._store_ok = store_ok
+        self._slack_posts = slack_posts
         self._runner: web.AppRunner | None = None
         self._port = listen.port
 
@@ -45,7 +51,8 @@ class SlackHttpServer:
 
     async def start(self) -> None:
         web_app = web.Application(client_max_size=MAX_BODY_BYTES)
-        web_app.router.add_post(EVENTS_PATH, self._slack)
+        if self._slack_posts:
+            web_app.router.add_post(EVENTS_PATH, self._slack)
         web_app.router.add_get(HEALTH_PATH, self._health)
         self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -55,19 +55,42 @@ def plan_parts(settings: Settings) -> list[PartPlan]:
 
 
 def slack_plan(settings: Settings) -> PartPlan:
-    """The Slack app starts in HTTP mode when it has a bot token, a signing secret and a triage channel."""
+    """How the Slack app starts, if it does.
+
+    With ``SLACK_APP_TOKEN`` it runs in Socket Mode and needs a bot token and
+    a triage channel besides; without, in HTTP mode, it needs a bot token, a
+    signing secret and a triage channel.
+    """
     if settings.slack_app_token:
-        return PartPlan("slack app", False, "SLACK_APP_TOKEN asks for Socket Mode, which this version does not "
-                                            "offer yet; unset it and use HTTP mode (SLACK_SIGNING_SECRET)")
-    missing = [name for name, value in (("SLACK_BOT_TOKEN", settings.slack_bot_token),
-                                        ("SLACK_SIGNING_SECRET", settings.slack_signing_secret),
-                                        ("SUPPORTDESK_TRIAGE_CHANNEL", settings.triage_channel)) if not value]
+        return _socket_mode_plan(settings)
+    missing = _unset(("SLACK_BOT_TOKEN", settings.slack_bot_token),
+                     ("SLACK_SIGNING_SECRET", settings.slack_signing_secret),
+                     ("SUPPORTDESK_TRIAGE_CHANNEL", settings.triage_channel))
     if len(missing) == 3:
-        return PartPlan("slack app", False, "not configured: SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET unset")
+        return PartPlan("slack app", False, "not configured: SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET unset "
+                                            "(or SLACK_BOT_TOKEN and SLACK_APP_TOKEN for Socket Mode)")
     if missing:
         return PartPlan("slack app", False, f"not configured: {' and '.join(missing)} unset")
     return PartPlan("slack app", True, f"HTTP on {settings.http_listen}, Slack posts to /slack/events; "
                                        f"health at /health; cards in {settings.triage_channel}")
+
+
+def _socket_mode_plan(settings: Settings) -> PartPlan:
+    app_token = settings.slack_app_token or ""
+    if not app_token.startswith("xapp-"):
+        return PartPlan("slack app", False, "SLACK_APP_TOKEN must be the app-level token, which starts with "
+                                            "xapp- (the bot token, xoxb-, goes in SLACK_BOT_TOKEN)")
+    missing = _unset(("SLACK_BOT_TOKEN", settings.slack_bot_token),
+                     ("SUPPORTDESK_TRIAGE_CHANNEL", settings.triage_channel))
+    if missing:
+        return PartPlan("slack app", False, f"not configured for Socket Mode: {' and '.join(missing)} unset")
+    return PartPlan("slack app", True, f"in Socket Mode: the app connects to Slack, no public URL needed; "
+                                       f"health at http://{settings.http_listen}/health; "
+                                       f"cards in {settings.triage_channel}")
+
+
+def _unset(*settings: tuple[str, str | None]) -> list[str]:
+    return [name for name, value in settings if not value]
 
 
 def _safe_url(url: str) -> str:
@@ -115,11 +138,13 @@ async def _run(store: Store) -> None:
     if slack is not None:
         try:
             await slack.start()
-        except OSError as exc:
+        except (OSError, InvalidInput) as exc:
             await gateway.stop()
             processor.stop()
             await acceptor.close()
             core.close()
+            if isinstance(exc, InvalidInput):  # Slack refused the app token
+                raise
             raise InvalidInput(f"the Slack app cannot listen on {store.settings.http_listen}: {exc.strerror}") from exc
     delivery_stop = asyncio.Event()
     delivery = loop.create_task(

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from core import migrate
 from core.db import make_engine
 from core.settings import load_settings
@@ -23,6 +25,36 @@ def test_plan_names_every_part_and_why() -> None:
     assert "Maildir outgoing-mail" in plans["outbox delivery"].reason
     assert "SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET unset" in plans["slack app"].reason
     assert "127.0.0.1:2525" in plans["smtp listener"].reason
+
+
+def test_plan_starts_slack_in_socket_mode_with_an_app_token_and_needs_no_signing_secret() -> None:
+    settings = load_settings({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1-A1-1-abc",
+                              "SUPPORTDESK_TRIAGE_CHANNEL": "C0TRIAGE1", "SUPPORTDESK_HTTP_LISTEN": "127.0.0.1:3100"})
+    plans = {p.name: p for p in plan_parts(settings)}
+    assert plans["slack app"].start and plans["slack app"].reason.startswith("in Socket Mode")
+    assert "127.0.0.1:3100/health" in plans["slack app"].reason and "C0TRIAGE1" in plans["slack app"].reason
+    assert "/slack/events" not in plans["slack app"].reason
+    assert "Slack cards to the triage channel C0TRIAGE1" in plans["outbox delivery"].reason
+
+
+@pytest.mark.parametrize(("env", "reason"), [
+    ({"SLACK_APP_TOKEN": "xapp-1-A1-1-abc"},
+     "not configured for Socket Mode: SLACK_BOT_TOKEN and SUPPORTDESK_TRIAGE_CHANNEL unset"),
+    ({"SLACK_APP_TOKEN": "xapp-1-A1-1-abc", "SLACK_BOT_TOKEN": "xoxb-1"},
+     "not configured for Socket Mode: SUPPORTDESK_TRIAGE_CHANNEL unset"),
+    ({"SLACK_APP_TOKEN": "xoxb-1", "SLACK_BOT_TOKEN": "xoxb-1", "SUPPORTDESK_TRIAGE_CHANNEL": "C0TRIAGE1"},
+     "SLACK_APP_TOKEN must be the app-level token, which starts with xapp-"),
+], ids=["app token alone", "no triage channel", "a bot token as app token"])
+def test_plan_says_what_socket_mode_is_missing(env: dict[str, str], reason: str) -> None:
+    plan = next(p for p in plan_parts(load_settings(env)) if p.name == "slack app")
+    assert not plan.start and plan.reason.startswith(reason)
+
+
+def test_plan_starts_slack_in_http_mode_without_an_app_token() -> None:
+    settings = load_settings({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s",
+                              "SUPPORTDESK_TRIAGE_CHANNEL": "C0TRIAGE1"})
+    plan = next(p for p in plan_parts(settings) if p.name == "slack app")
+    assert plan.start and plan.reason.startswith("HTTP on 127.0.0.1:3000, Slack posts to /slack/events")
 
 
 def test_plan_hides_the_database_password() -> None:

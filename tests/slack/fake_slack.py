@@ -44,6 +44,10 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 DEFAULT_TOKEN = "xoxb-supportdesk-test"
+# The app-level token Socket Mode opens its connections with (``SLACK_APP_TOKEN``).
+DEFAULT_APP_TOKEN = "xapp-1-A0SUPPORT-1-supportdesk-test"
+# Methods Slack answers only for the app-level token, and only from the Authorization header.
+APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
 
 # Arguments Slack accepts as JSON text inside a form-encoded body. They are
 # decoded so a test reads the same structure whether the client sent form or JSON.
@@ -134,6 +138,7 @@ class _State:
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
     home_views: dict[str, str] = field(default_factory=dict)
     used_trigger_ids: set[str] = field(default_factory=set)
+    socket_mode_url: str | None = None
     last_ts_micros: int = 0
     next_id: int = 1
 
@@ -142,8 +147,9 @@ class FakeSlack:
     """A Slack Web API double on ``127.0.0.1:<ephemeral port>``; see the module docstring."""
 
     def __init__(self, *, token: str = DEFAULT_TOKEN, workspace: Workspace | None = None,
-                 users: Iterable[Mapping[str, Any]] = ()) -> None:
+                 users: Iterable[Mapping[str, Any]] = (), app_token: str = DEFAULT_APP_TOKEN) -> None:
         self.token = token
+        self.app_token = app_token
         self.workspace = workspace or Workspace()
         self.port = 0
         self._cond = threading.Condition(threading.RLock())
@@ -153,6 +159,7 @@ class FakeSlack:
         self._lifecycle = threading.Lock()
         self._methods: dict[str, MethodHandler] = {
             "auth.test": self._auth_test,
+            "apps.connections.open": self._apps_connections_open,
             "chat.postMessage": self._chat_post_message,
             "chat.update": self._chat_update,
             "chat.postEphemeral": self._chat_post_ephemeral,
@@ -268,6 +275,15 @@ class FakeSlack:
             ts = ts or self._next_ts()
             self._state.messages[(channel, ts)] = self._message_shape(ts, text, blocks)
         return ts
+
+    def offer_socket_mode(self, url: str | None) -> None:
+        """The WebSocket URL ``apps.connections.open`` hands out (a ``FakeSocketMode``'s); None withdraws it.
+
+        Slack gives each call a fresh ``wss://`` URL with a one-time ticket;
+        a test double on loopback offers the same ``ws://`` URL every time.
+        """
+        with self._cond:
+            self._state.socket_mode_url = url
 
     # ----------------------------------------------------------------------- faults
 
@@ -410,7 +426,7 @@ class FakeSlack:
                 return 200, {}, {"ok": True}
             if method not in self._methods:
                 return 200, {}, {"ok": False, "error": "unknown_method"}
-            auth_error = self._auth_error(authorization, args)
+            auth_error = self._auth_error(method, authorization, args)
             if auth_error:
                 return 200, {}, {"ok": False, "error": auth_error}
             # A copy: the stored message or view changes later, the recorded answer must not.
@@ -423,15 +439,21 @@ class FakeSlack:
                 return fault
         return None
 
-    def _auth_error(self, authorization: str | None, args: Mapping[str, Any]) -> str | None:
+    def _auth_error(self, method: str, authorization: str | None, args: Mapping[str, Any]) -> str | None:
+        """Slack's answer to the wrong kind of token: a bot token where an app token belongs, or the reverse."""
         token = None
         if authorization and authorization.startswith("Bearer "):
             token = authorization[len("Bearer "):]
         elif isinstance(args.get("token"), str):
+            if method in APP_TOKEN_METHODS:
+                return "invalid_auth"  # documented: this method takes its token from the header only
             token = args["token"]
         if not token:
             return "not_authed"
-        return None if token == self.token else "invalid_auth"
+        wanted = self.app_token if method in APP_TOKEN_METHODS else self.token
+        if token == wanted:
+            return None
+        return "not_allowed_token_type" if token in (self.token, self.app_token) else "invalid_auth"
 
     # ----------------------------------------------------- Web API methods (locked)
 
@@ -440,6 +462,12 @@ class FakeSlack:
         return {"ok": True, "url": ws.url, "team": ws.team, "user": ws.bot_name, "team_id": ws.team_id,
                 "user_id": ws.bot_user_id, "bot_id": ws.bot_id, "enterprise_id": ws.enterprise_id,
                 "is_enterprise_install": False}
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        url = self._state.socket_mode_url
+        if url is None:  # not a Slack error: the test forgot to start a FakeSocketMode and offer its URL
+            return {"ok": False, "error": "fake_slack_offers_no_socket_mode_url"}
+        return {"ok": True, "url": url}
 
     def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
         error = _post_arguments_error(args)
