@@ -53,6 +53,7 @@ def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, chan
         # Unhandled payloads are logged by Bolt; a 404 makes Slack show the user an error, as it should.
         raise_error_for_unhandled_request=False,
         process_before_response=False,
+        logger=_bolt_logger(),
     )
     for middleware in make_middleware(core):
         app.middleware(middleware)
@@ -66,6 +67,25 @@ def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, chan
         log.error("Slack listener failed: %s", error.__class__.__name__, exc_info=error)
 
     return app
+
+
+class _TokenFromEnvironment(logging.Filter):
+    """Drop Bolt's warning that the SLACK_BOT_TOKEN it found in the environment "will be unused".
+
+    Bolt reads that variable itself even when it is handed a client, and our
+    client is built from the same token: the warning would only alarm an
+    admin reading the start-up log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be unused" not in record.getMessage()
+
+
+def _bolt_logger() -> logging.Logger:
+    bolt = logging.getLogger("supportdesk.slack.bolt")
+    if not any(isinstance(f, _TokenFromEnvironment) for f in bolt.filters):
+        bolt.addFilter(_TokenFromEnvironment())
+    return bolt
 
 
 class SlackPart:

@@ -187,6 +187,9 @@ def test_a_new_request_gets_a_card_that_every_change_updates_in_place(slack: Run
 
     click(slack, fake_slack, button("claim", key))
     fake_slack_ts = fake_slack.calls("chat.postMessage")[0].response["ts"]
+    deadline = time.monotonic() + 5  # the claim is made after the click was acknowledged
+    while get_request_detail(slack.store, key).request.assignee != ALICE.id and time.monotonic() < deadline:
+        time.sleep(0.02)
     slack.deliver()
     (update,) = fake_slack.calls("chat.update")
     assert update.args["ts"] == fake_slack_ts and update.args["channel"] == TRIAGE_CHANNEL.id
