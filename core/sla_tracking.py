@@ -125,10 +125,16 @@ def refresh(session: Session, config: SlaConfig, requests: Sequence[Request], no
         return
     ids = [r.id for r in requests]
     events, recorded = load_events(session, ids), load_recorded(session, ids)
+    # The clocks are a pure function of policy and timeline, and the requests a
+    # batch of mail opens share both: each pair is computed once.
+    computed: dict[tuple[Policy, Timeline], dict[str, TargetClock]] = {}
     for request in requests:
         history = events[request.id] + (pending or {}).get(request.id, [])
-        all_clocks = current_clocks(config, request, history, now)
-        apply(request, policy_of(config, request), all_clocks, recorded[request.id])
+        policy, timeline = policy_of(config, request), build_timeline(request, history)
+        all_clocks = computed.get((policy, timeline))
+        if all_clocks is None:
+            all_clocks = computed[policy, timeline] = clocks(timeline, policy, now, config.warning_ratio)
+        apply(request, policy, all_clocks, recorded[request.id])
 
 
 def due_crossings(all_clocks: dict[str, TargetClock], recorded: set[tuple[str, str, datetime]],

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -26,13 +26,27 @@ from core.audit import PendingEvent, append_events, canonical_json
 from core.clock import Clock, SystemClock
 from core.db import make_engine, make_session_factory, read_engine
 from core.errors import Conflict, StoreBusy, StoreUnavailable
-from core.models import OutboxMessage, Request
+from core.models import Counter, OutboxMessage, Request
 from core.notification_policy import outbox_for
 from core import sla_tracking
 from core.settings import Settings
 from core.sla import SlaConfig, load_sla_config
 
 log = logging.getLogger(__name__)
+
+# Built once: a request is locked for every reply filed, and building the statement cost more than running it
+# (PostgreSQL; SQLite renders no FOR UPDATE).
+_LOCK_REQUEST = select(Request).where(Request.id == bindparam("request_id")).with_for_update()
+# Request numbers, see UnitOfWork.next_request_number. Plain statements, built once: through the ORM the
+# UPDATE cost ten times what it does itself.
+_COUNTERS = Counter.__table__
+_TAKE_REQUEST_NUMBER = (
+    update(_COUNTERS).where(_COUNTERS.c.name == "request").values(value=_COUNTERS.c.value + 1)
+    .returning(_COUNTERS.c.value)
+)
+_SET_LAST_REQUEST_NUMBER = update(_COUNTERS).where(_COUNTERS.c.name == "request").values(value=bindparam("last"))
+# Outbox rows are plain rows too (an ORM bulk INSERT translated every dict through the mapper first).
+_INSERT_OUTBOX = insert(OutboxMessage.__table__)
 
 
 @dataclass
@@ -122,8 +136,9 @@ class UnitOfWork:
         self.store = store
         self.session: Session
         self.now: datetime
-        self._pending: list[tuple[PendingEvent, Request | None]] = []
+        self._pending: list[tuple[PendingEvent, Request | None, Mapping[str, Any]]] = []
         self._sla_fresh: set[int] = set()
+        self._numbers: tuple[int, int] | None = None  # the first and last request number this unit took
         self._committed = False
         self._errors = translate_store_errors()
 
@@ -141,34 +156,54 @@ class UnitOfWork:
             self.session.close()
         return self._errors.__exit__(exc_type, exc, tb)
 
-    def record(self, kind: str, *, actor: str, request: Request | None, data: dict[str, Any] | None = None) -> None:
-        """Describe a change; appended to the chain when the unit commits."""
-        self._pending.append((PendingEvent(kind, actor, None, dict(data or {})), request))
+    def record(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        request: Request | None,
+        data: dict[str, Any] | None = None,
+        ids: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Describe a change; appended to the chain when the unit commits.
+
+        ``ids`` adds data entries whose values are the ids of rows this unit
+        adds (``{"message_id": message}``), read when the unit is flushed at
+        commit: a caller adding many rows then needs no flush of its own to
+        learn each id, and the event is the same as with the id given in ``data``.
+        """
+        self._pending.append((PendingEvent(kind, actor, None, dict(data or {})), request, dict(ids or {})))
 
     def commit(self) -> None:
         """Flush the changes, refresh SLA clocks, append the events, write their outbox rows, commit."""
         self.session.flush()  # assigns ids to new requests before events reference them
+        if self._numbers is not None and self._numbers[1] > self._numbers[0]:  # before the chain's head, locked last
+            self.session.connection().execute(_SET_LAST_REQUEST_NUMBER, {"last": self._numbers[1]})
         pending = [
-            (PendingEvent(item.kind, item.actor, request.id if request is not None else None, item.data), request)
-            for item, request in self._pending
+            (
+                PendingEvent(item.kind, item.actor, request.id if request is not None else None,
+                             {**item.data, **{key: row.id for key, row in ids.items()}}),
+                request,
+            )
+            for item, request, ids in self._pending
         ]
         self._refresh_sla(pending)
-        events = append_events(self.session, (p for p, _ in pending), self.now)
+        sequence = append_events(self.session, (p for p, _ in pending), self.now)
         outbox = [
             {
                 "channel": draft.channel,
                 "topic": draft.topic,
                 "request_id": request.id if request is not None else None,
-                "event_seq": event.seq,
+                "event_seq": seq,
                 "payload": canonical_json(draft.payload),
                 "status": "pending",
                 "attempts": 0,
                 "next_attempt_at": self.now,
                 "created_at": self.now,
             }
-            for event, (item, request) in zip(events, pending)
+            for seq, (item, request) in zip(sequence, pending)
             for draft in outbox_for(
-                event.kind,
+                item.kind,
                 item.data,
                 request_key=request.key if request is not None else None,
                 channel=request.channel if request is not None else None,
@@ -176,7 +211,7 @@ class UnitOfWork:
             )
         ]
         if outbox:  # one multi-row INSERT: a unit that files a batch of mail writes many rows
-            self.session.execute(insert(OutboxMessage), outbox)
+            self.session.connection().execute(_INSERT_OUTBOX, outbox)
         self.session.commit()
         self._committed = True
         self._pending.clear()
@@ -192,27 +227,39 @@ class UnitOfWork:
             new_events.setdefault(request.id, []).append((item.kind, canonical_json(item.data), self.now))
         sla_tracking.refresh(self.session, self.store.sla_config, list(touched.values()), self.now, new_events)
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """A SAVEPOINT inside this unit: when the block raises, its row changes and its events are undone.
+    def next_request_number(self) -> int:
+        """The next request number: unique, gapless, in the order requests are opened.
 
-        The events a block recorded live only in this unit until it commits,
-        so rolling back the database alone would still append them; they are
-        dropped here with it. The error is raised again for the caller.
+        The unit's first takes the counter row's lock and its next value (an
+        UPDATE, without flushing: the counter depends on nothing pending).
+        The lock holds until commit, so no other unit can take a number in
+        between: the ones after are counted on here, and :meth:`commit` writes
+        the last back. A unit filing a batch of mail then updates the counter
+        twice, not once per request it opens. A rollback returns them all.
         """
-        recorded, fresh = len(self._pending), set(self._sla_fresh)
-        try:
-            with self.session.begin_nested():
-                yield
-        except BaseException:
-            del self._pending[recorded:]
-            self._sla_fresh = fresh
-            raise
+        if self._numbers is None:
+            first = self.session.connection().execute(_TAKE_REQUEST_NUMBER).scalar_one()
+            self._numbers = (first, first)
+        else:
+            self._numbers = (self._numbers[0], self._numbers[1] + 1)
+        return self._numbers[1]
 
     def sla_is_fresh(self, request: Request) -> None:
         """The caller has already brought this request's SLA columns up to date in this transaction."""
         self._sla_fresh.add(request.id)
 
     def lock_request(self, request_id: int) -> Request:
-        """Load a request and lock its row until commit (SQLite already holds the write lock)."""
-        return self.session.execute(select(Request).where(Request.id == request_id).with_for_update()).scalar_one()
+        """Load a request and lock its row until commit.
+
+        SQLite's write transaction holds the database's one write lock from
+        its first statement, so there a request loaded already is used as it
+        is. Without autoflush: a row found by its id is in the database
+        already, and what is pending cannot change it (an object loaded
+        before is not refreshed), so flushing first would only cost. A unit
+        filing a batch of mail locks a request for every reply and flushes
+        once at the end.
+        """
+        with self.session.no_autoflush:
+            if self.store.is_sqlite:
+                return self.session.get_one(Request, request_id)
+            return self.session.execute(_LOCK_REQUEST, {"request_id": request_id}).scalar_one()

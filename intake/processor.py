@@ -284,14 +284,16 @@ def _submit(readers: Executor | None, batch: list[StoredRawMail], settings: Sett
 def _collect(
     batch: list[StoredRawMail], future: Future[list[Reading]] | None, settings: Settings
 ) -> tuple[list[StoredRawMail], list[Reading]]:
-    """A batch's readings: from its parser process when they are there, else read here.
+    """A batch's readings: from its parser process, or read here if no parser process has taken it yet.
 
-    Filing is slower than parsing, so the readings are normally waiting. When
-    they are not (the parser processes are still starting, or the machine is
-    busy) this process reads the batch itself rather than sit idle; the
-    worker's copy is dropped.
+    Filing takes about as long as parsing, so the readings are normally
+    waiting. When they are not, and a parser process has the batch in hand,
+    this process waits for it: reading the batch here as well would throw one
+    copy's work away, and the parser process would then start every later
+    batch late too, so that half the mail was parsed twice. A batch no parser
+    process has taken is withdrawn from the pool and read here.
     """
-    if future is not None and future.done():
+    if future is not None and not future.cancel():  # cancel() fails once a parser process has taken it
         try:
             return batch, future.result()
         except BrokenProcessPool:
@@ -300,33 +302,26 @@ def _collect(
 
 
 def _file_run(store: Store, run: list[tuple[int, IncomingMail]]) -> list[FilingResult]:
-    """One transaction for a run of readable messages; failures are counted once it has committed.
+    """One transaction for a run of readable messages; if it fails, its messages are filed one at a time.
 
-    When the batch as a whole fails (at commit, where no single message can
-    be blamed), its messages are filed one at a time instead, so the one that
-    fails is counted alone.
+    A failed batch changed nothing. Filing its messages again, each in its
+    own transaction, files the good ones and counts the one at fault alone
+    (:func:`record_filing_failure`), whether it failed in Python or at the
+    database, where a flush or commit for the whole batch names no message.
     """
     if not run:
         return []
     try:
-        filed = file_inbound_batch(store, run)
+        return file_inbound_batch(store, run)
     except StoreUnavailable as exc:
         if not _lost_a_lock_race(exc):
             raise
         # Two processors batching replies to the same requests in opposite
         # orders can deadlock on PostgreSQL; one message per transaction cannot.
         log.warning("a batch of %d messages collided with another processor; filing them one at a time", len(run))
-        return [r for r in (_file_single(store, i, incoming) for i, incoming in run) if r is not None]
     except Exception:  # noqa: BLE001 - isolate the message at fault by filing one by one
         log.exception("filing a batch of %d messages failed; filing them one at a time", len(run))
-        return [r for r in (_file_single(store, i, incoming) for i, incoming in run) if r is not None]
-    results: list[FilingResult] = []
-    for result in filed:
-        if result.outcome == "failed":
-            record_filing_failure(store, result.inbound_id, result.error or "filing failed")
-        else:
-            results.append(result)
-    return results
+    return [r for r in (_file_single(store, i, incoming) for i, incoming in run) if r is not None]
 
 
 def _lost_a_lock_race(exc: StoreUnavailable) -> bool:

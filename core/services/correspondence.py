@@ -6,13 +6,13 @@ import re
 from dataclasses import dataclass
 from hashlib import sha256
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.authorization import require_agent
 from core.errors import InvalidInput, NotFound
 from core.lifecycle import Action, Status, next_status
-from core.models import Agent, Attachment, Counter, Customer, Invoice, Message, Request
+from core.models import Agent, Attachment, Customer, Invoice, Message, Request
 from core.money import Money
 from core.services.common import (
     CHANNELS,
@@ -157,7 +157,7 @@ def join_request(
     actor = agent_actor(agent) if agent else f"customer:{message.from_address}"
     if mail.is_automatic:
         uow.record("message.automatic", actor=actor, request=request,
-                   data={"message_id": message.id, "from": message.from_address})
+                   data={"from": message.from_address}, ids={"message_id": message})
         return request, message
     before = Status(request.status)
     after = next_status(request.key, before, Action.CUSTOMER_REPLIED)
@@ -166,8 +166,8 @@ def join_request(
         "request.customer_replied" if after != before else "message.inbound",
         actor=actor,
         request=request,
-        data={"message_id": message.id, "from": message.from_address,
-              "status": {"from": before.value, "to": after.value}},
+        data={"from": message.from_address, "status": {"from": before.value, "to": after.value}},
+        ids={"message_id": message},
     )
     return request, message
 
@@ -276,22 +276,6 @@ def request_of_message(session: Session, message_id: str | None) -> Request | No
     ).scalar_one_or_none()
 
 
-# Built once: building an ORM UPDATE and running it through the ORM cost ten
-# times what the statement itself does, once for every request opened.
-_NEXT_NUMBER = (
-    update(Counter.__table__)
-    .where(Counter.__table__.c.name == "request")
-    .values(value=Counter.__table__.c.value + 1)
-    .returning(Counter.__table__.c.value)
-)
-
-
-def _next_number(session: Session) -> int:
-    """The next request number, under the counter row's lock: unique and gapless."""
-    session.flush()  # what the session's autoflush did before this UPDATE; nothing when it is clean
-    return session.connection().execute(_NEXT_NUMBER).scalar_one()
-
-
 def _find_invoice(session: Session, number: str, customer: Customer | None, requester: str) -> Invoice:
     invoice = session.execute(select(Invoice).where(Invoice.number == number.strip())).scalar_one_or_none()
     if invoice is None:
@@ -306,6 +290,11 @@ def _find_invoice(session: Session, number: str, customer: Customer | None, requ
 
 
 def _add_inbound(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Agent | None) -> Message:
+    """Add a customer's message to the session, unflushed: its id is known once the unit flushes.
+
+    Events name it through ``ids`` (see :meth:`UnitOfWork.record`), so a unit
+    that files a batch of mail inserts all its messages in one flush.
+    """
     message = Message(
         request=request,
         direction="inbound",
@@ -337,7 +326,6 @@ def _add_inbound(uow: UnitOfWork, request: Request, mail: InboundMail, agent: Ag
             )
         )
     uow.session.add(message)
-    uow.session.flush()
     return message
 
 
@@ -388,7 +376,7 @@ def log_new_request(
     ``acknowledge`` False keeps the automatic acknowledgment from being
     mailed (machine mail, rate limits, released quarantine).
     """
-    request.number = _next_number(uow.session)
+    request.number = uow.next_request_number()
     request.reply_token = new_token()
     request.status = Status.NEW.value
     request.created_at = request.updated_at = uow.now
@@ -409,12 +397,12 @@ def log_new_request(
             "invoice": request.invoice.number if request.invoice else None,
             "disputed_amount": money_data(disputed_of(request)),
             "follows_up": request.follows_up.key if request.follows_up else None,
-            "message_id": message.id,
             "status": {"from": None, "to": Status.NEW.value},
             "acknowledge": acknowledge and request.channel == "email" and not mail.is_automatic,
             **({"flags": list(mail.flags)} if mail.flags else {}),
             **({"auth": mail.auth_verdict} if mail.auth_verdict else {}),
             **(extra or {}),
         },
+        ids={"message_id": message},
     )
     return message

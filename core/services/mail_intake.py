@@ -7,9 +7,9 @@ sending server repeats is stored once. Filing happens afterwards: it opens or
 joins a request, or quarantines the message with a reason code, and marks the
 raw row filed in the same commit, so a crash at any point files every message
 exactly once. :func:`file_inbound` files one message per transaction;
-:func:`file_inbound_batch` files many in one (one commit, one append to the
-audit chain) with a savepoint around each, so a message that cannot be filed
-is rolled back alone.
+:func:`file_inbound_batch` files many in one (one flush, one commit, one
+append to the audit chain); a batch that fails is rolled back whole, and the
+caller files its messages one at a time so that the one at fault is found.
 
 The gateway (``intake``) reads the bytes; this module decides, with the store
 at hand, what they mean: which request a reply belongs to, which customer
@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import bindparam, func, select, text, update
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, defer
 
 from core.authorization import require_agent
@@ -110,13 +109,11 @@ class IncomingMail:
 @dataclass(frozen=True)
 class FilingResult:
     inbound_id: int
-    # opened, joined, duplicate, quarantined; in_progress while another processor files it;
-    # failed (batch filing only) when filing raised: nothing of it was kept, ``error`` says why
+    # opened, joined, duplicate, quarantined; in_progress while another processor files it
     outcome: str
     request_key: str | None = None
     reason: str | None = None
     matched_by: str | None = None
-    error: str | None = None
 
 
 # Acceptance runs before every 250, so it is one plain statement, prepared once
@@ -231,24 +228,29 @@ def file_inbound(store: Store, inbound_id: int, incoming: IncomingMail) -> Filin
         row = _claim(uow, inbound_id)
         if row is None:
             return _earlier_result(uow, inbound_id)
-        result = _file(uow, row, incoming, _Lookups(uow))
+        filed = _file(uow, row, incoming, _Lookups(uow))
+        uow.session.flush()  # the ids of the request and message the raw row points to
+        filed.link(row)
         row.processed_at = uow.now
         uow.commit()
-        return result
+        return filed.result
 
 
 def file_inbound_batch(store: Store, items: Sequence[tuple[int, IncomingMail]]) -> list[FilingResult]:
     """File many received messages in one transaction; one result per item, in order.
 
     Each message is filed exactly as :func:`file_inbound` would, in the
-    order given, but the unit commits once and appends every event to the
-    chain at once: a commit (an fsync on SQLite) per message is what made
-    filing slow. A message whose filing raises is rolled back alone, with its
-    events, inside its own savepoint and reported as ``failed`` with the
-    error; the caller counts it with :func:`record_filing_failure` once this
-    call has returned and the batch's locks are gone. A database that is
-    unavailable fails the whole batch (:class:`StoreUnavailable`), which then
-    changed nothing.
+    order given, but the unit flushes its new rows once (the ORM's work per
+    flush, not the rows, is what costs), commits once and appends every event
+    to the chain at once: a commit (an fsync on SQLite) and a flush per
+    message are what made filing slow.
+
+    Any failure rolls the whole batch back and is raised, so the batch
+    changed nothing; the caller then files its messages one at a time with
+    :func:`file_inbound`, and the one at fault is counted alone. That costs a
+    batch's worth of single transactions when a message fails, which is rare,
+    instead of a SAVEPOINT for every message. A database that is unavailable
+    raises :class:`StoreUnavailable`.
     """
     if not items:
         return []
@@ -354,14 +356,12 @@ def _claim(uow: UnitOfWork, inbound_id: int) -> ReceivedMail | None:
 
 
 def _claim_many(uow: UnitOfWork, inbound_ids: list[int]) -> dict[int, ReceivedMail]:
-    """:func:`_claim` for a batch, in one query, before any savepoint.
+    """:func:`_claim` for a batch, in one query.
 
-    The locks are taken outside the savepoints because PostgreSQL releases a
-    row lock taken inside one that is rolled back. The raw bytes are not
-    needed to file a message and are left unloaded. The rows are detached
-    from the session: filing writes their columns in Python, and
-    :meth:`_Batch.mark_filed` writes them all in one UPDATE at the end,
-    instead of one flush per message.
+    The raw bytes are not needed to file a message and are left unloaded.
+    The rows are detached from the session: filing writes their columns in
+    Python, and :meth:`_Batch.mark_filed` writes them all in one UPDATE at
+    the end, instead of one flush per message.
     """
     query = (
         select(ReceivedMail)
@@ -381,6 +381,14 @@ _FILED_COLUMNS = ("message_id", "from_address", "subject", "status", "outcome", 
                   "request_id", "message_row_id", "processed_at")
 
 
+_RECENT_REQUESTS = (
+    select(func.count())
+    .select_from(Request)
+    .where(Request.requester_email == bindparam("sender"), Request.channel == "email",
+           Request.created_at >= bindparam("since"))
+)
+
+
 class _Lookups:
     """The questions filing asks the store about each message, asked one at a time (one message per unit)."""
 
@@ -390,18 +398,27 @@ class _Lookups:
     def request_of_message(self, message_id: str | None) -> Request | None:
         return request_of_message(self.uow.session, message_id)
 
-    def request_id_of_message(self, message_id: str) -> int | None:
+    def request_answered(self, message_id: str) -> Request | None:
+        """The request of the stored message ``message_id`` (one this mail refers to), locked."""
         request = request_of_message(self.uow.session, message_id)
-        return request.id if request is not None else None
+        return self.uow.lock_request(request.id) if request is not None else None
 
     def recent_requests(self, sender: str) -> int:
-        """Requests the sender opened by mail in the last hour (rate limit and acknowledgments)."""
+        """Requests the sender opened by mail in the last hour (rate limit and acknowledgments).
+
+        Counted without a flush, which a batch does once at its end: the
+        database's count plus the requests this unit added and has not
+        flushed, as many as a flush first would have counted.
+        """
         since = self.uow.now - timedelta(hours=1)
-        return self.uow.session.execute(
-            select(func.count())
-            .select_from(Request)
-            .where(Request.requester_email == sender, Request.channel == "email", Request.created_at >= since)
-        ).scalar_one()
+        session = self.uow.session
+        with session.no_autoflush:
+            stored = session.execute(_RECENT_REQUESTS, {"sender": sender, "since": since}).scalar_one()
+        return stored + sum(
+            1 for added in session.new
+            if isinstance(added, Request)
+            and added.requester_email == sender and added.channel == "email" and added.created_at >= since
+        )
 
     def health(self, address: str) -> AddressHealth | None:
         return self.uow.session.get(AddressHealth, address)
@@ -418,18 +435,35 @@ class _BatchLookups(_Lookups):
 
     Message-IDs (its own, In-Reply-To, References), address health, recent
     requests and the customer per sender are selected once; what a message
-    filed in this batch adds is noted after its savepoint is released (filing
-    never adds customers). A message that fails may leave rows the rollback
-    removed, so after one the address health is asked again.
+    filed in this batch adds is noted as it is filed (filing never adds
+    customers). The requests of messages filed in this batch are kept as
+    objects: they may not be flushed yet, so they have no id to look up.
+
+    On SQLite, whose write transaction keeps every other writer out from its
+    start, the requests of the stored messages are loaded too, in the same
+    query, so threading a reply to one (:meth:`UnitOfWork.lock_request`)
+    reads nothing more. PostgreSQL reads each under its row lock instead: a
+    request read before it is locked could be stale.
     """
 
     def __init__(self, uow: UnitOfWork, items: Sequence[tuple[int, IncomingMail]], senders: set[str]) -> None:
         super().__init__(uow)
         session = uow.session
         wanted = {i for _, incoming in items for i in _message_ids_of(incoming.mail) if i}
-        self._by_message_id: dict[str, int] = {}
+        self._stored: dict[str, int] = {}  # Message-ID -> request id, of messages stored before the batch
+        self._filed: dict[str, Request] = {}  # Message-ID -> request, of messages filed in this batch
+        self._loaded: list[Request] = []  # held here: the session's identity map keeps objects only weakly
         for chunk in _chunks(sorted(wanted)):
-            self._by_message_id.update(
+            if uow.store.is_sqlite:
+                for message_id, request in session.execute(
+                    select(Message.message_id, Request)
+                    .join(Request, Request.id == Message.request_id)
+                    .where(Message.message_id.in_(chunk))
+                ):
+                    self._stored[message_id] = request.id
+                    self._loaded.append(request)
+                continue
+            self._stored.update(
                 (message_id, request_id)
                 for message_id, request_id in session.execute(
                     select(Message.message_id, Message.request_id).where(Message.message_id.in_(chunk))
@@ -449,11 +483,18 @@ class _BatchLookups(_Lookups):
         self._customers = _CustomersOf(session, senders)
 
     def request_of_message(self, message_id: str | None) -> Request | None:
-        request_id = self._by_message_id.get(message_id) if message_id else None
+        if not message_id:
+            return None
+        if message_id in self._filed:
+            return self._filed[message_id]
+        request_id = self._stored.get(message_id)
         return self.uow.session.get(Request, request_id) if request_id is not None else None
 
-    def request_id_of_message(self, message_id: str) -> int | None:
-        return self._by_message_id.get(message_id)
+    def request_answered(self, message_id: str) -> Request | None:
+        if message_id in self._filed:  # opened or locked earlier in this transaction
+            return self._filed[message_id]
+        request_id = self._stored.get(message_id)
+        return self.uow.lock_request(request_id) if request_id is not None else None
 
     def recent_requests(self, sender: str) -> int:
         if sender not in self._recent:
@@ -472,20 +513,17 @@ class _BatchLookups(_Lookups):
     def added_health(self, health: AddressHealth) -> None:
         self._health[health.address] = health
 
-    def filed(self, incoming: IncomingMail, row: ReceivedMail) -> None:
+    def filed(self, incoming: IncomingMail, row: ReceivedMail, filed: _Filed) -> None:
         """Note what a message that was just filed added: its Message-ID, and maybe a request of its sender."""
         if row.outcome not in ("opened", "joined"):
             return
-        if incoming.mail.message_id and row.request_id is not None:
-            self._by_message_id[incoming.mail.message_id] = row.request_id
+        if incoming.mail.message_id and filed.request is not None:
+            self._filed[incoming.mail.message_id] = filed.request
         sender = _sender(incoming, row)
         if row.outcome == "opened" and sender in self._recent:
             self._recent[sender] += 1
         else:
             self._recent.pop(sender, None)  # a reply to a closed request may have opened a follow-up: ask again
-
-    def failed(self) -> None:
-        self._health.clear()
 
 
 class _CustomersOf:
@@ -530,8 +568,27 @@ def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
         yield values[start:start + size]
 
 
+@dataclass(frozen=True)
+class _Filed:
+    """How a message was filed, with the request and message it opened or joined (none for a quarantine).
+
+    New rows get their ids when the unit flushes, which a batch does once at
+    its end: :meth:`link` then points the raw row at them.
+    """
+
+    result: FilingResult
+    request: Request | None = None
+    message: Message | None = None
+
+    def link(self, row: ReceivedMail) -> None:
+        """Write the ids into the raw row; call after a flush. A quarantine set its related request itself."""
+        if self.request is not None:
+            row.request_id = self.request.id
+            row.message_row_id = self.message.id if self.message is not None else None
+
+
 class _Batch:
-    """One unit of work filing many messages, each in its own savepoint."""
+    """One unit of work filing many messages, flushed once at the end (:meth:`mark_filed`)."""
 
     def __init__(self, uow: UnitOfWork, claimed: dict[int, ReceivedMail],
                  items: Sequence[tuple[int, IncomingMail]]) -> None:
@@ -540,42 +597,38 @@ class _Batch:
         senders = {_sender(incoming, claimed[i]) for i, incoming in items if i in claimed}
         self.lookups = _BatchLookups(uow, items, senders - {""})
         self.done: dict[int, FilingResult] = {}
-        self.rows: list[ReceivedMail] = []
+        self.filed: list[tuple[ReceivedMail, _Filed]] = []
 
     def file(self, inbound_id: int, incoming: IncomingMail) -> FilingResult:
-        """File one message inside a savepoint: a failure undoes this message only and is reported."""
+        """File one message; if it raises, the batch fails as a whole (see :func:`file_inbound_batch`)."""
         if inbound_id in self.done:  # listed twice: filed already, as file_inbound would find it
             return self.done[inbound_id]
         row = self.claimed.pop(inbound_id, None)
-        try:
-            with self.uow.savepoint():
-                if row is None:  # another processor has it or had it
-                    return _earlier_result(self.uow, inbound_id)
-                result = _file(self.uow, row, incoming, self.lookups)
-        except Exception as exc:  # one bad message must not stop the others; it is counted, retried, quarantined
-            if _database_failing(exc):
-                raise  # no message could be filed now: the whole batch is rolled back and tried again later
-            log.exception("filing mail %s failed; it was rolled back alone", inbound_id)
-            self.lookups.failed()
-            return FilingResult(inbound_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        if row is None:  # another processor has it or had it
+            return _earlier_result(self.uow, inbound_id)
+        filed = _file(self.uow, row, incoming, self.lookups)
         row.processed_at = self.uow.now
-        self.rows.append(row)
-        self.lookups.filed(incoming, row)
-        self.done[inbound_id] = result
-        return result
+        self.filed.append((row, filed))
+        self.lookups.filed(incoming, row, filed)
+        self.done[inbound_id] = filed.result
+        return filed.result
 
     def mark_filed(self) -> None:
-        """Write the filed rows' columns in one UPDATE (the rows are detached, see :func:`_claim_many`)."""
-        if self.rows:
-            self.uow.session.execute(
-                update(ReceivedMail),
-                [{"id": row.id, **{name: getattr(row, name) for name in _FILED_COLUMNS}} for row in self.rows],
-            )
+        """Flush the batch's new rows, then write the raw rows' columns in one UPDATE.
 
-
-def _database_failing(exc: Exception) -> bool:
-    """The errors :func:`translate_store_errors` turns into StoreUnavailable: the store, not the message."""
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+        The raw rows are detached (see :func:`_claim_many`), so the flush
+        leaves them alone and gives the requests and messages they point to
+        their ids.
+        """
+        if not self.filed:
+            return
+        self.uow.session.flush()
+        for row, filed in self.filed:
+            filed.link(row)
+        self.uow.session.execute(
+            update(ReceivedMail),
+            [{"id": row.id, **{name: getattr(row, name) for name in _FILED_COLUMNS}} for row, _ in self.filed],
+        )
 
 
 def _earlier_result(uow: UnitOfWork, inbound_id: int) -> FilingResult:
@@ -595,7 +648,7 @@ def _sender(incoming: IncomingMail, row: ReceivedMail) -> str:
     return (incoming.mail.from_address or row.envelope_from or "").strip().lower()
 
 
-def _file(uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, lookups: _Lookups) -> FilingResult:
+def _file(uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, lookups: _Lookups) -> _Filed:
     settings = uow.store.settings
     mail = incoming.mail
     released = row.released_at is not None
@@ -612,7 +665,7 @@ def _file(uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, lookups: _
         held = _held_back(uow, row, incoming, sender, lookups)
         if held is not None:
             reason, related = held
-            return _quarantine(uow, row, reason, related)
+            return _Filed(_quarantine(uow, row, reason, related))
 
     mail = replace(mail, from_address=sender)
     request, matched_by = _thread(uow, row, incoming, sender, lookups)
@@ -625,10 +678,10 @@ def _file(uow: UnitOfWork, row: ReceivedMail, incoming: IncomingMail, lookups: _
         return _finish(row, "joined", landed, matched_by=matched_by, reason=incoming.automatic if automatic else None,
                        message=message)
     if automatic:
-        return _quarantine(uow, row, incoming.automatic or "auto_reply", None)
+        return _Filed(_quarantine(uow, row, incoming.automatic or "auto_reply", None))
     recent = None if released else lookups.recent_requests(sender)  # counted once: opening is what adds one
     if recent is not None and recent >= settings.new_requests_per_sender_hour:
-        return _quarantine(uow, row, "rate_limited", None)
+        return _Filed(_quarantine(uow, row, "rate_limited", None))
     health = lookups.health(sender)  # read once: it decides the acknowledgment, then is cleared
     request, message = _open(uow, row, incoming, mail, sender, recent, health, lookups)
     _clear(health, uow.now)
@@ -704,9 +757,9 @@ def _thread(
         request = _by_token(uow, token) if token else None  # locked already
         if request is not None:
             return request, "header"
-        request_id = lookups.request_id_of_message(message_id)
-        if request_id is not None:
-            return uow.lock_request(request_id), "header"
+        request = lookups.request_answered(message_id)
+        if request is not None:
+            return request, "header"
     for number in incoming.subject_keys:
         request = session.execute(select(Request).where(Request.number == number)).scalar_one_or_none()
         if request is not None and _may_use_tag(request, sender, lookups):
@@ -715,8 +768,18 @@ def _thread(
 
 
 def _by_token(uow: UnitOfWork, token: str) -> Request | None:
-    request_id = uow.session.execute(select(Request.id).where(Request.reply_token == token)).scalar_one_or_none()
+    """The request with this reply token, locked.
+
+    Without autoflush: the token of a request opened earlier in the same
+    unit has not been mailed to anybody yet, so no mail can carry it, and a
+    batch need not flush for every reply that does carry one.
+    """
+    with uow.session.no_autoflush:
+        request_id = uow.session.execute(_BY_TOKEN, {"token": token}).scalar_one_or_none()
     return uow.lock_request(request_id) if request_id is not None else None
+
+
+_BY_TOKEN = select(Request.id).where(Request.reply_token == bindparam("token"))
 
 
 def _may_use_tag(request: Request, sender: str, lookups: _Lookups) -> bool:
@@ -844,12 +907,11 @@ def _finish(
     reason: str | None = None,
     matched_by: str | None = None,
     message: Message | None = None,
-) -> FilingResult:
+) -> _Filed:
+    """Mark the raw row filed; its request and message ids follow with :meth:`_Filed.link` after a flush."""
     row.status = "processed"
     row.outcome = outcome
     row.reason = reason
     row.matched_by = matched_by
-    row.request_id = request.id
-    row.message_row_id = message.id if message is not None else None
-    return FilingResult(row.id, outcome, request.key, reason, matched_by)
+    return _Filed(FilingResult(row.id, outcome, request.key, reason, matched_by), request, message)
 

@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import DataError
 
 from core import services
 from core.audit import verify_chain
 from core.clock import FixedClock
-from core.errors import NotFound, PermissionDenied, TransitionRefused
+from core.errors import InvalidInput, NotFound, PermissionDenied, TransitionRefused
 from core.models import AddressHealth, Event, Message, OutboxMessage, ReceivedMail, Request
 from core.money import parse_amount
 from core.reply_tokens import reply_address
@@ -524,45 +525,55 @@ def test_a_batch_files_exactly_as_one_message_at_a_time(store: Store) -> None:
     assert acknowledged == [jane, jane, "stranger@elsewhere.test", jane] + ["flood@x.test"] * 3
 
 
-def test_a_message_whose_filing_raises_is_rolled_back_alone(store: Store) -> None:
+def test_a_batch_in_which_a_message_raises_is_rolled_back_whole(store: Store) -> None:
+    """No savepoint per message: the error is raised and nothing of the batch is kept (the processor then files
+    its messages one at a time, see tests/intake/test_processor_batch.py)."""
     f.seed(store)
     good = received(store, b"1\r\n")
     poison = received(store, b"2\r\n", envelope_from="a@b@c.test")  # passes the sender check, not the address check
     after = received(store, b"3\r\n")
-    results = file_inbound_batch(store, [(good, incoming()), (poison, incoming("")),
-                                         (after, incoming("stranger@elsewhere.test"))])
+    before = filed_state(store)
 
-    assert [(r.outcome, r.request_key) for r in results] == [("opened", "SR-1"), ("failed", None), ("opened", "SR-2")]
-    assert results[1].error is not None and results[1].error.startswith("InvalidInput: sender 'a@b@c.test'")
-    left = row(store, poison)
-    assert (left.status, left.outcome, left.message_id, left.attempts) == ("received", None, None, 0)
-    assert pending_inbound_ids(store) == [poison]
+    with pytest.raises(InvalidInput, match="sender 'a@b@c.test' is not an e-mail address"):
+        file_inbound_batch(store, [(good, incoming()), (poison, incoming("")),
+                                   (after, incoming("stranger@elsewhere.test"))])
+
+    assert filed_state(store) == before  # no request, message, event, outbox row; the raw rows untouched
+    assert pending_inbound_ids(store) == [good, poison, after]
+    # The request number the good message took was given back with the rest: the next one is SR-1 again.
+    assert file_inbound(store, good, incoming()).request_key == "SR-1"
     with store.read() as session:
-        # The request number the failed message took was given back with its savepoint, and its event dropped.
-        assert list(session.execute(select(Request.number).order_by(Request.id)).scalars()) == [1, 2]
-        opened = session.execute(select(Event.data).where(Event.kind == "request.opened")).scalars().all()
-        assert [json.loads(d)["requester"] for d in opened] == ["jane@acme.test", "stranger@elsewhere.test"]
         assert verify_chain(session).ok
-    assert outbox_topics(store) == ["acknowledgment", "acknowledgment"]
-    assert record_filing_failure(store, poison, results[1].error) is False
-    assert row(store, poison).attempts == 1
 
 
-def test_a_database_error_in_one_message_leaves_the_others_filed(store: Store) -> None:
+def test_a_database_error_at_the_batch_flush_is_raised_and_changes_nothing(store: Store) -> None:
     f.seed(store)
     long_id = "<" + "x" * 1000 + "@acme.test>"  # longer than the column: PostgreSQL refuses it, SQLite keeps it
     ids = [received(store, f"{n}\r\n".encode()) for n in range(3)]
-    results = file_inbound_batch(store, [(ids[0], incoming()), (ids[1], incoming(message_id=long_id)),
-                                         (ids[2], incoming("stranger@elsewhere.test"))])
+    items = [(ids[0], incoming()), (ids[1], incoming(message_id=long_id)),
+             (ids[2], incoming("stranger@elsewhere.test"))]
     if store.is_sqlite:
-        assert [r.request_key for r in results] == ["SR-1", "SR-2", "SR-3"]
+        assert [r.request_key for r in file_inbound_batch(store, items)] == ["SR-1", "SR-2", "SR-3"]
         return
-    assert [(r.outcome, r.request_key) for r in results] == [("opened", "SR-1"), ("failed", None), ("opened", "SR-2")]
-    assert "DataError" in (results[1].error or "")
-    assert pending_inbound_ids(store) == [ids[1]]
+    before = filed_state(store)
+    with pytest.raises(DataError):  # the database's refusal, not StoreUnavailable: the message is at fault
+        file_inbound_batch(store, items)
+    assert filed_state(store) == before
+    assert pending_inbound_ids(store) == ids
+
+
+def test_request_numbers_a_batch_takes_continue_gapless_after_it(store: Store) -> None:
+    """A unit takes its first number from the counter row and counts on in memory; commit writes the last back."""
+    f.seed(store)
+    ids = [received(store, f"{n}\r\n".encode()) for n in range(4)]
+    batched = file_inbound_batch(store, [(i, incoming(f"user{n}@elsewhere.test")) for n, i in enumerate(ids[:3])])
+    assert [r.request_key for r in batched] == ["SR-1", "SR-2", "SR-3"]
+    assert file_inbound(store, ids[3], incoming()).request_key == "SR-4"
+    assert services.open_request(store, channel="cli", mail=InboundMail("kim@acme.test", "By phone", "hello"),
+                                 actor=f.AGENT).key == "SR-5"
     with store.read() as session:
-        assert verify_chain(session).ok
-        assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 2
+        assert session.execute(text("SELECT value FROM counters WHERE name = 'request'")).scalar_one() == 5
+        assert list(session.execute(select(Request.number).order_by(Request.id)).scalars()) == [1, 2, 3, 4, 5]
 
 
 def test_a_batch_skips_mail_filed_already_and_lists_a_repeated_message_once(store: Store) -> None:

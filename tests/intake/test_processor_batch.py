@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import pickle
 import sqlite3
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -27,9 +30,17 @@ from core.db import make_engine
 from core.errors import StoreUnavailable
 from core.models import Event, ReceivedMail
 from core.settings import Settings
-from core.services.mail_intake import IncomingMail, RawMail, StoredRawMail, accept_raw_mail, pending_inbound_ids
+from core.services.mail_intake import (
+    MAX_FILING_ATTEMPTS,
+    IncomingMail,
+    RawMail,
+    StoredRawMail,
+    accept_raw_mail,
+    load_inbound_many,
+    pending_inbound_ids,
+)
 from core.store import Store, translate_store_errors
-from intake.processor import _lost_a_lock_race, process_pending, read_batch, read_stored, reader_pool
+from intake.processor import _collect, _lost_a_lock_race, process_pending, read_batch, read_stored, reader_pool
 from tests import factories as f
 from tests.conftest import Database
 
@@ -94,6 +105,97 @@ def test_unreadable_and_failing_mail_is_set_aside_in_place_and_the_rest_filed(st
     assert event_kinds(store) == [("request.opened", ids[0]), ("mail.quarantined", ids[1]),
                                   ("message.inbound", None), ("request.opened", ids[4])]
     assert pending_inbound_ids(store) == [ids[2]]
+
+
+# SQLite has no column lengths; a connection can be given a smaller limit on any string or blob, as small
+# builds and embedded deployments do. The raw bytes below stay under it; their text, twice as long in UTF-8, does not.
+SQLITE_LENGTH_LIMIT = 60_000
+
+
+def refused_by_the_database(kind: str) -> bytes:
+    """A real message the parser reads fine and the database refuses to store, when the batch is flushed.
+
+    PostgreSQL: an inline image whose Content-ID (kept whole by the parser)
+    is longer than its column. SQLite: a Latin-1 text whose UTF-8 form is
+    over the connection's length limit (see :func:`filing_store`).
+    """
+    head = (f"From: jane@acme.test\r\nTo: {SUPPORT}\r\nSubject: Refused\r\nMessage-ID: <refused@acme.test>\r\n"
+            "MIME-Version: 1.0\r\n")
+    if kind == "postgresql":
+        cid = "c" * 1200 + "@acme.test"
+        return (head + "Content-Type: multipart/related; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\n"
+                "see the image\r\n--x\r\nContent-Type: image/png\r\nContent-Disposition: inline; filename=a.png\r\n"
+                f"Content-ID: <{cid}>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0=\r\n--x--\r\n").encode()
+    body = (b"\xe9" * 70 + b"\r\n") * 500  # 36 KB of Latin-1, 70 KB as UTF-8
+    head += "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    return head.encode() + body
+
+
+@contextmanager
+def filing_store(database: Database, clock: FixedClock, store: Store) -> Iterator[Store]:
+    """The store to file with: on SQLite a second one whose connections have the smaller length limit."""
+    if database.kind != "sqlite":
+        yield store
+        return
+    engine = make_engine(database.url)
+
+    @event.listens_for(engine, "connect")
+    def _limit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_LENGTH_LIMIT)
+
+    limited = Store(engine, clock, Settings(database_url=database.url))
+    try:
+        yield limited
+    finally:
+        limited.dispose()
+
+
+def test_a_message_the_database_refuses_is_counted_alone_retried_and_quarantined(
+    store: Store, database: Database, clock: FixedClock
+) -> None:
+    """A batch flushes its new rows once, so the refusal names no message: the whole batch is rolled back and its
+    messages filed one at a time, which files the others and counts the refused one against itself only."""
+    f.seed(store)
+    ids = store_raw(store, (mail(1), None), (refused_by_the_database(database.kind), None),
+                    (mail(3, "other@acme.test"), None))
+    with filing_store(database, clock, store) as filing:
+        results = process_pending(filing)
+        assert [(r.inbound_id, r.outcome, r.request_key) for r in results] == [(ids[0], "opened", "SR-1"),
+                                                                            (ids[2], "opened", "SR-2")]
+        with store.read() as session:
+            refused = session.get(ReceivedMail, ids[1])
+            assert refused is not None and (refused.status, refused.attempts) == ("received", 1)
+            assert (refused.last_error or "").startswith("DataError: ")
+            assert ("string or blob too big" if database.kind == "sqlite" else "value too long") in refused.last_error
+        assert pending_inbound_ids(store) == [ids[1]]
+        for _ in range(MAX_FILING_ATTEMPTS - 1):  # tried again on every round, alone now
+            assert process_pending(filing) == []
+    with store.read() as session:
+        refused = session.get(ReceivedMail, ids[1])
+        assert refused is not None
+        assert (refused.status, refused.reason, refused.attempts) == ("quarantined", "processing_failed",
+                                                                      MAX_FILING_ATTEMPTS)
+        assert verify_chain(session).ok
+    assert pending_inbound_ids(store) == []
+    assert event_kinds(store) == [("request.opened", ids[0]), ("request.opened", ids[2]),
+                                  ("mail.quarantined", ids[1])]
+
+
+def test_a_batch_a_parser_process_has_taken_is_waited_for_and_one_it_has_not_is_read_here(store: Store) -> None:
+    """Reading a batch a parser process is reading already would waste that copy and delay every later batch."""
+    ids = store_raw(store, (mail(1), None), (mail(2, "other@acme.test"), None))
+    batch = load_inbound_many(store, ids)
+    expected = read_batch(batch, store.settings)
+
+    waiting: Future[list[Any]] = Future()  # not taken by any parser process: withdrawn and read here
+    assert _collect(batch, waiting, store.settings) == (batch, expected) and waiting.cancelled()
+
+    taken: Future[list[Any]] = Future()
+    assert taken.set_running_or_notify_cancel()  # what the pool does when a parser process takes it
+    from_the_parser = [object(), object()]
+    threading.Timer(0.05, taken.set_result, [from_the_parser]).start()
+    collected = _collect(batch, taken, store.settings)
+    assert collected[1] is from_the_parser
 
 
 def test_parsing_in_worker_processes_files_the_same(store: Store) -> None:
