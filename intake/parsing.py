@@ -605,12 +605,17 @@ def _subject_filename(message: Message | None) -> str:
     return f"{subject}.eml" if subject.strip(".") else ""
 
 
+# RFC 5322 caps a header line at 998 octets, and the store keeps a Content-ID in as many characters;
+# a longer one (broken or hostile mail) is cut rather than making the whole message unfileable.
+MAX_CONTENT_ID = 998
+
+
 def _content_id(part: Message) -> str | None:
     values = _raw_values(part, "content-id")
     if not values:
         return None
     content_id = _CONTROLS.sub("", decode_header_value(values[0])).strip().strip("<>").strip()
-    return content_id or None
+    return content_id[:MAX_CONTENT_ID] or None
 
 
 def _extension(content_type: str) -> str:

@@ -834,6 +834,7 @@ def _open(
         extra["released_by"] = row.released_by
     acknowledge = (
         recent is not None
+        and row.source == "smtp"  # ingested mail was written long ago: its senders are not told "received" now
         and recent < uow.store.settings.acks_per_sender_hour
         and not (health is not None and health.failing)
     )

@@ -7,7 +7,12 @@ import mailbox
 from email.message import EmailMessage
 from pathlib import Path
 
+from sqlalchemy import select
+
+from core.db import make_engine
+from core.models import OutboxMessage
 from tests.cli.conftest import Cli
+from tests.conftest import Database
 
 
 def eml(sender: str, subject: str, *, message_id: str, in_reply_to: str | None = None,
@@ -25,7 +30,7 @@ def eml(sender: str, subject: str, *, message_id: str, in_reply_to: str | None =
     return msg.as_bytes()
 
 
-def test_ingest_files_a_folder_a_maildir_and_an_mbox_once(seeded: Cli, tmp_path: Path) -> None:
+def test_ingest_files_a_folder_a_maildir_and_an_mbox_once(seeded: Cli, tmp_path: Path, database: Database) -> None:
     folder = tmp_path / "eml"
     folder.mkdir()
     (folder / "one.eml").write_bytes(eml("ops@pending.test", "Invoice INV-200 wrong", message_id="<one@pending.test>",
@@ -60,6 +65,11 @@ def test_ingest_files_a_folder_a_maildir_and_an_mbox_once(seeded: Cli, tmp_path:
     assert shown["customer"] is None and "unverified_sender" in shown["messages"][0]["flags"]
     [held] = seeded.json("quarantine", "list")
     assert (held["reason"], held["from"], held["subject"]) == ("auto_reply", "robot@else.test", "Out of office")
+    # Mail that is ingested was written long ago: its senders are not sent an acknowledgment now.
+    engine = make_engine(database.url)
+    with engine.connect() as connection:
+        assert connection.execute(select(OutboxMessage.topic).where(OutboxMessage.channel == "email")).all() == []
+    engine.dispose()
 
 
 def test_ingest_prints_a_summary_line(seeded: Cli, tmp_path: Path) -> None:

@@ -548,3 +548,13 @@ def test_random_and_mutated_bytes_give_a_parsed_mail_or_parse_error_only() -> No
         assert all(a.filename and "/" not in a.filename and "\n" not in a.filename for a in result.attachments)
         assert isinstance(salvage(data), ParsedMail)
     assert parsed > 300  # garbage is mostly readable as a header-less message, not refused
+
+
+def test_an_overlong_content_id_is_cut_to_what_a_header_line_may_hold() -> None:
+    cid = "c" * 1200 + "@acme.test"
+    raw = ("From: jane@acme.test\r\nSubject: image\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/related; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nsee\r\n"
+           "--x\r\nContent-Type: image/png\r\nContent-Disposition: inline; filename=a.png\r\n"
+           f"Content-ID: <{cid}>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0=\r\n--x--\r\n").encode()
+    (image,) = parse_mail(raw).attachments
+    assert image.content_id == cid[:998] and image.is_inline

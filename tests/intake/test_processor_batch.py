@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -107,69 +106,61 @@ def test_unreadable_and_failing_mail_is_set_aside_in_place_and_the_rest_filed(st
     assert pending_inbound_ids(store) == [ids[2]]
 
 
-# SQLite has no column lengths; a connection can be given a smaller limit on any string or blob, as small
-# builds and embedded deployments do. The raw bytes below stay under it; their text, twice as long in UTF-8, does not.
-SQLITE_LENGTH_LIMIT = 60_000
+REFUSED_SUBJECT = "Refused by the database"
 
 
-def refused_by_the_database(kind: str) -> bytes:
-    """A real message the parser reads fine and the database refuses to store, when the batch is flushed.
-
-    PostgreSQL: an inline image whose Content-ID (kept whole by the parser)
-    is longer than its column. SQLite: a Latin-1 text whose UTF-8 form is
-    over the connection's length limit (see :func:`filing_store`).
-    """
-    head = (f"From: jane@acme.test\r\nTo: {SUPPORT}\r\nSubject: Refused\r\nMessage-ID: <refused@acme.test>\r\n"
-            "MIME-Version: 1.0\r\n")
-    if kind == "postgresql":
-        cid = "c" * 1200 + "@acme.test"
-        return (head + "Content-Type: multipart/related; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\n"
-                "see the image\r\n--x\r\nContent-Type: image/png\r\nContent-Disposition: inline; filename=a.png\r\n"
-                f"Content-ID: <{cid}>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0=\r\n--x--\r\n").encode()
-    body = (b"\xe9" * 70 + b"\r\n") * 500  # 36 KB of Latin-1, 70 KB as UTF-8
-    head += "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-    return head.encode() + body
+def refused_by_the_database() -> bytes:
+    """A real message the parser reads fine and the database refuses to store (see :func:`refusing_database`)."""
+    return (f"From: jane@acme.test\r\nTo: {SUPPORT}\r\nSubject: {REFUSED_SUBJECT}\r\n"
+            "Message-ID: <refused@acme.test>\r\n\r\nPlease file me.\r\n").encode()
 
 
 @contextmanager
-def filing_store(database: Database, clock: FixedClock, store: Store) -> Iterator[Store]:
-    """The store to file with: on SQLite a second one whose connections have the smaller length limit."""
-    if database.kind != "sqlite":
-        yield store
-        return
-    engine = make_engine(database.url)
+def refusing_database(store: Store) -> Iterator[None]:
+    """A trigger in the database that refuses the message row of :func:`refused_by_the_database`, and only it.
 
-    @event.listens_for(engine, "connect")
-    def _limit(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_LENGTH_LIMIT)
-
-    limited = Store(engine, clock, Settings(database_url=database.url))
+    A real refusal by the database, at the moment the batch's rows are
+    flushed, that names no message: what a constraint, a full disk or a
+    value the database cannot hold would do.
+    """
+    with store.engine.begin() as connection:
+        if store.is_sqlite:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_message BEFORE INSERT ON messages "
+                f"WHEN NEW.subject = '{REFUSED_SUBJECT}' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END")
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_message() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused by a trigger'; END $$")
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_message BEFORE INSERT ON messages FOR EACH ROW "
+                f"WHEN (NEW.subject = '{REFUSED_SUBJECT}') EXECUTE FUNCTION refuse_message()")
     try:
-        yield limited
+        yield
     finally:
-        limited.dispose()
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER refuse_message" + ("" if store.is_sqlite else " ON messages"))
+            if not store.is_sqlite:
+                connection.exec_driver_sql("DROP FUNCTION refuse_message()")
 
 
-def test_a_message_the_database_refuses_is_counted_alone_retried_and_quarantined(
-    store: Store, database: Database, clock: FixedClock
-) -> None:
+def test_a_message_the_database_refuses_is_counted_alone_retried_and_quarantined(store: Store) -> None:
     """A batch flushes its new rows once, so the refusal names no message: the whole batch is rolled back and its
     messages filed one at a time, which files the others and counts the refused one against itself only."""
     f.seed(store)
-    ids = store_raw(store, (mail(1), None), (refused_by_the_database(database.kind), None),
+    ids = store_raw(store, (mail(1), None), (refused_by_the_database(), None),
                     (mail(3, "other@acme.test"), None))
-    with filing_store(database, clock, store) as filing:
-        results = process_pending(filing)
+    with refusing_database(store):
+        results = process_pending(store)
         assert [(r.inbound_id, r.outcome, r.request_key) for r in results] == [(ids[0], "opened", "SR-1"),
                                                                             (ids[2], "opened", "SR-2")]
         with store.read() as session:
             refused = session.get(ReceivedMail, ids[1])
             assert refused is not None and (refused.status, refused.attempts) == ("received", 1)
-            assert (refused.last_error or "").startswith("DataError: ")
-            assert ("string or blob too big" if database.kind == "sqlite" else "value too long") in refused.last_error
+            assert "refused by a trigger" in (refused.last_error or "")
         assert pending_inbound_ids(store) == [ids[1]]
         for _ in range(MAX_FILING_ATTEMPTS - 1):  # tried again on every round, alone now
-            assert process_pending(filing) == []
+            assert process_pending(store) == []
     with store.read() as session:
         refused = session.get(ReceivedMail, ids[1])
         assert refused is not None
