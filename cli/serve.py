@@ -13,8 +13,8 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bot.app import SlackPart
 from core import migrate
 from core.errors import InvalidInput
 from core.facade import AsyncCore
@@ -25,6 +25,9 @@ from intake.listener import SmtpGateway
 from intake.processor import ProcessorProcess
 from notifications.email_delivery import run_email_delivery
 from notifications.mail_transport import transport_for
+
+if TYPE_CHECKING:
+    from bot.app import SlackPart
 
 log = logging.getLogger("supportdesk.serve")
 
@@ -93,6 +96,13 @@ def _unset(*settings: tuple[str, str | None]) -> list[str]:
     return [name for name, value in settings if not value]
 
 
+def _slack_part(core: AsyncCore, settings: Settings) -> SlackPart:
+    """Imported only when Slack is configured: Bolt, slack-sdk and aiohttp cost some 20 MB of memory."""
+    from bot.app import SlackPart
+
+    return SlackPart(core, settings)
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -134,7 +144,7 @@ async def _run(store: Store) -> None:
         await acceptor.close()
         core.close()
         raise InvalidInput(f"the SMTP listener cannot listen on {store.settings.smtp_listen}: {exc.strerror}") from exc
-    slack = SlackPart(core, store.settings) if slack_plan(store.settings).start else None
+    slack = _slack_part(core, store.settings) if slack_plan(store.settings).start else None
     if slack is not None:
         try:
             await slack.start()
