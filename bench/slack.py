@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.intake.serve_process import free_port, wait_for_port  # noqa: E402
 from tests.slack.fake_slack import FakeSlack  # noqa: E402
 from tests.slack.signing import (  # noqa: E402
     DEFAULT_SIGNING_SECRET, HOME_TEAM, TRIAGE_CHANNEL, SlackUser, block_actions, button, signed_interaction,
@@ -72,23 +72,6 @@ web_app = web.Application()
 web_app.router.add_post("/slack/events", handle)
 web.run_app(web_app, host="127.0.0.1", port=int(sys.argv[4]), print=None, access_log=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def agents() -> list[SlackUser]:

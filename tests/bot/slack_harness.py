@@ -61,11 +61,14 @@ class RunningSlack:
 
 
 @contextmanager
-def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = False) -> Iterator[RunningSlack]:
+def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = False,
+                  app_token: str | None = None) -> Iterator[RunningSlack]:
+    """The Slack part in HTTP mode, or in Socket Mode with ``app_token`` (then without a signing secret)."""
     settings = replace(
         store.settings,
         slack_bot_token=fake.token,
-        slack_signing_secret=DEFAULT_SIGNING_SECRET,
+        slack_app_token=app_token,
+        slack_signing_secret=None if app_token else DEFAULT_SIGNING_SECRET,
         slack_api_url=fake.base_url,
         triage_channel=TRIAGE_CHANNEL.id,
         approvals_channel=APPROVALS_CHANNEL,
@@ -82,11 +85,13 @@ def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = Fa
         await part.start(run_delivery=deliver_by_itself)
         return part
 
-    part = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     try:
-        yield RunningSlack(part, slack_store, loop)
+        part = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+        try:
+            yield RunningSlack(part, slack_store, loop)
+        finally:
+            asyncio.run_coroutine_threadsafe(part.stop(), loop).result(30)
     finally:
-        asyncio.run_coroutine_threadsafe(part.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()

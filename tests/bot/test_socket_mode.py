@@ -14,12 +14,10 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,11 @@ import pytest
 from bot.app import SlackPart
 from core import services
 from core.errors import InvalidInput
-from core.facade import AsyncCore
 from core.queries import get_request_detail
 from core.services import InboundMail
-from core.settings import HostPort
 from core.store import Store
 from tests import factories as f
-from tests.bot.slack_harness import ALICE, APPROVALS_CHANNEL, STRANGER, RunningSlack
+from tests.bot.slack_harness import ALICE, STRANGER, RunningSlack, running_slack
 from tests.intake.serve_process import ServeProcess, free_port, serve_env, wait_for_port
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.fake_socket_mode import Ack, FakeSocketMode, events_api, interactive, slash_commands
@@ -61,41 +57,10 @@ def fake_socket_mode(fake_slack: FakeSlack) -> Iterator[FakeSocketMode]:
         yield socket
 
 
-@contextmanager
-def socket_mode_part(store: Store, fake: FakeSlack, *, app_token: str | None = None) -> Iterator[RunningSlack]:
+def socket_mode_part(store: Store, fake: FakeSlack, *,
+                     app_token: str | None = None) -> AbstractContextManager[RunningSlack]:
     """The real Slack part in Socket Mode (no signing secret), in an event loop on a thread of its own."""
-    settings = replace(
-        store.settings,
-        slack_bot_token=fake.token,
-        slack_app_token=app_token or fake.app_token,
-        slack_signing_secret=None,
-        slack_api_url=fake.base_url,
-        triage_channel=TRIAGE_CHANNEL.id,
-        approvals_channel=APPROVALS_CHANNEL,
-        http_listen=HostPort("127.0.0.1", 0),
-    )
-    slack_store = Store(store.engine, store.clock, settings)
-    core = AsyncCore(slack_store)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="socket-mode-test-loop", daemon=True)
-    thread.start()
-
-    async def start() -> SlackPart:
-        part = SlackPart(core, settings)
-        await part.start(run_delivery=False)
-        return part
-
-    try:
-        part = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-        try:
-            yield RunningSlack(part, slack_store, loop)
-        finally:
-            asyncio.run_coroutine_threadsafe(part.stop(), loop).result(30)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-        core.close()
+    return running_slack(store, fake, app_token=app_token or fake.app_token)
 
 
 @pytest.fixture
