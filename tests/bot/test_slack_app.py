@@ -29,6 +29,7 @@ from tests.slack.signing import (
     EXTERNAL_USER,
     TRIAGE_CHANNEL,
     Signing,
+    SlackUser,
     block_actions,
     button,
     event_callback,
@@ -497,3 +498,30 @@ def test_a_server_error_is_retried_later_and_the_card_then_arrives(slack: Runnin
     slack.store.clock.advance(timedelta(minutes=5))
     slack.deliver()
     assert key in card_post(fake_slack)["text"]
+
+
+def test_two_approvers_approving_at_once_make_one_decision(slack: RunningSlack, fake_slack: FakeSlack) -> None:
+    key = f.open_request(slack.store, invoice="INV-100", disputed="120.00").key
+    services.claim(slack.store, key, actor=ALICE.id)
+    approval = services.request_approval(slack.store, key, kind="credit", amount=f.euros("40.00"), reason="dup",
+                                         actor=ALICE.id)
+    dave = SlackUser(f.BIG_APPROVER, "dave", CAROL.team_id)
+    answers = []
+    start = threading.Barrier(2)
+
+    def approve_as(user) -> None:  # type: ignore[no-untyped-def]
+        start.wait()
+        answers.append(click(slack, fake_slack, button("approve", str(approval.id)), user=user))
+
+    threads = [threading.Thread(target=approve_as, args=(u,)) for u in (CAROL, dave)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a.status for a in answers] == [200, 200]
+    (refusal,) = ephemeral_texts(fake_slack)
+    decided = get_request_detail(slack.store, key).approvals[0]
+    assert decided.status == "approved" and decided.decided_by in (CAROL.id, f.BIG_APPROVER)
+    assert "approv" in refusal
+    events = [e for e in get_request_detail(slack.store, key).events if e.kind == "approval.approved"]
+    assert len(events) == 1
