@@ -13,7 +13,9 @@ import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.blocks import escape
 from core.errors import StoreUnavailable, SupportdeskError
 from core.facade import AsyncCore
 from core.queries import find_agent
@@ -27,14 +29,24 @@ PERSON_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 NOTE_LIMIT = 40_000
 
 
+NOT_KEPT = ("Your note on {key} was not kept: {why} Slack does not send it again, so please post it "
+            "once more in a minute.")
+
+
 def register(app: AsyncApp, core: AsyncCore) -> None:
     @app.event("message")
-    async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        await note_from_thread(core, event, _home_team(context))
+    async def on_message(event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient) -> None:
+        await note_from_thread(core, event, _home_team(context), client)
 
 
-async def note_from_thread(core: AsyncCore, event: dict[str, Any], home_team: str | None) -> str | None:
-    """Store a thread reply on its card as an internal note; returns the request key, or None when ignored."""
+async def note_from_thread(core: AsyncCore, event: dict[str, Any], home_team: str | None,
+                           client: AsyncWebClient | None = None) -> str | None:
+    """Store a thread reply on its card as an internal note; returns the request key, or None when ignored.
+
+    Slack does not deliver an event twice once it was acknowledged, so a note
+    the store could not take is not silently lost: its author is told, in a
+    private line in the thread, to post it again.
+    """
     if event.get("subtype") not in PERSON_SUBTYPES or event.get("bot_id"):
         return None
     thread_ts, channel, user = event.get("thread_ts"), event.get("channel"), event.get("user")
@@ -44,6 +56,7 @@ async def note_from_thread(core: AsyncCore, event: dict[str, Any], home_team: st
     if home_team and event.get("user_team") and event["user_team"] != home_team:
         log.info("ignored a thread reply from %s of another workspace", user)
         return None
+    key: str | None = None
     try:
         key = await core.read(request_of_card, CardPlace(str(channel), str(thread_ts)))
         if key is None:
@@ -54,11 +67,24 @@ async def note_from_thread(core: AsyncCore, event: dict[str, Any], home_team: st
         await core.call(add_note, key, text[:NOTE_LIMIT], actor=str(user))
     except StoreUnavailable as exc:
         log.warning("a note from Slack could not be stored now: %s", exc)
+        await _tell_author(client, event, NOT_KEPT.format(key=key or "the request",
+                                                          why="the store is not answering right now."))
         return None
     except SupportdeskError as exc:
         log.info("a note from Slack was refused: %s", exc)
+        await _tell_author(client, event, NOT_KEPT.format(key=key or "the request", why=f"{exc}."))
         return None
     return key
+
+
+async def _tell_author(client: AsyncWebClient | None, event: dict[str, Any], text: str) -> None:
+    if client is None:
+        return
+    try:
+        await client.chat_postEphemeral(channel=str(event["channel"]), user=str(event["user"]),
+                                        thread_ts=str(event["thread_ts"]), text=escape(text))
+    except Exception:  # noqa: BLE001 - the warning is in the log either way
+        log.warning("could not tell %s that their note was not kept", event.get("user"), exc_info=True)
 
 
 def _home_team(context: AsyncBoltContext) -> str | None:

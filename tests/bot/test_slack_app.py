@@ -23,7 +23,7 @@ from core.queries import RequestFilter, get_request_detail, list_requests
 from core.services import InboundMail
 from core.store import Store
 from tests import factories as f
-from tests.bot.slack_harness import ALICE, APPROVALS_CHANNEL, BOB, CAROL, STRANGER, RunningSlack, running_slack
+from tests.bot.slack_harness import ALICE, APPROVALS_CHANNEL, BOB, CAROL, MALLORY, STRANGER, RunningSlack, running_slack
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.signing import (
     EXTERNAL_USER,
@@ -525,3 +525,16 @@ def test_two_approvers_approving_at_once_make_one_decision(slack: RunningSlack, 
     assert "approv" in refusal
     events = [e for e in get_request_detail(slack.store, key).events if e.kind == "approval.approved"]
     assert len(events) == 1
+
+
+def test_a_thread_reply_the_store_refuses_is_not_lost_silently(slack: RunningSlack, fake_slack: FakeSlack) -> None:
+    """Mallory is a manager, not an agent: her reply is refused as a note, and she is told so privately."""
+    key = email_request(slack)
+    slack.deliver()
+    card_ts = fake_slack.calls("chat.postMessage")[0].response["ts"]
+    event = event_callback(message_event("I think we should refund.", user=MALLORY, thread_ts=card_ts))
+    assert slack.post(signed_event(event)).status == 200
+    (told,) = fake_slack.wait_for_calls("chat.postEphemeral", timeout=5)
+    assert told.args["user"] == MALLORY.id and told.args["thread_ts"] == card_ts
+    assert f"Your note on {key} was not kept" in told.args["text"]
+    assert [m for m in get_request_detail(slack.store, key).messages if m.direction == "note"] == []
