@@ -13,7 +13,7 @@ for everyone, when the outbox updates it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
@@ -28,6 +28,7 @@ from core.facade import AsyncCore
 from core.queries import get_message, reply_preview
 from core.services.cards import approval_card as approval_card_view
 from core.services.cards import request_card
+from core.views import ApprovalCard, RequestCard
 
 log = logging.getLogger("supportdesk.slack")
 
@@ -125,47 +126,45 @@ class _Actions:
     async def open_reply(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
                          respond: AsyncRespond) -> None:
         await ack()
-        key = _value(body)
-        try:
-            preview = await self.core.read(reply_preview, key)
-        except SupportdeskError as exc:
-            await _tell(respond, str(exc))
-            return
-        await client.views_open(trigger_id=body["trigger_id"], view=modals.reply_modal(preview))
+        await self._open(body, client, respond, reply_preview, _value(body), modals.reply_modal)
 
     async def open_request_approval(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
                                     respond: AsyncRespond) -> None:
         await ack()
         key = _value(body)
-        try:
-            card = await self.core.read(request_card, key)
-        except SupportdeskError as exc:
-            await _tell(respond, str(exc))
-            return
-        currency = card.disputed_currency or (card.invoice.currency if card.invoice else None)
-        await client.views_open(trigger_id=body["trigger_id"], view=modals.request_approval_modal(key, currency))
+
+        def draw(card: RequestCard) -> dict[str, Any]:
+            currency = card.disputed_currency or (card.invoice.currency if card.invoice else None)
+            return modals.request_approval_modal(key, currency)
+
+        await self._open(body, client, respond, request_card, key, draw)
 
     async def open_reject(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
                           respond: AsyncRespond) -> None:
         await ack()
         approval_id = _int(_value(body))
-        try:
-            card = await self.core.read(approval_card_view, approval_id)
-        except SupportdeskError as exc:
-            await _tell(respond, str(exc))
-            return
-        summary = f"{card.kind.replace('_', ' ')} of {b.money(card.amount_minor, card.currency)} on {card.request_key}"
-        await client.views_open(trigger_id=body["trigger_id"], view=modals.reject_modal(approval_id, summary))
+
+        def draw(card: ApprovalCard) -> dict[str, Any]:
+            amount = b.money(card.amount_minor, card.currency)
+            return modals.reject_modal(approval_id, f"{card.kind.replace('_', ' ')} of {amount} on {card.request_key}")
+
+        await self._open(body, client, respond, approval_card_view, approval_id, draw)
 
     async def show_message(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
                            respond: AsyncRespond) -> None:
         await ack()
+        await self._open(body, client, respond, get_message, _int(_value(body)),
+                         lambda found: b.full_message_modal(found[1]))
+
+    async def _open(self, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond,
+                    query: Callable[..., Any], arg: Any, draw: Callable[[Any], dict[str, Any]]) -> None:
+        """Read what a modal shows, then open it; if core refuses (gone, not allowed), say why instead."""
         try:
-            _key, message = await self.core.read(get_message, _int(_value(body)))
+            found = await self.core.read(query, arg)
         except SupportdeskError as exc:
             await _tell(respond, str(exc))
             return
-        await client.views_open(trigger_id=body["trigger_id"], view=b.full_message_modal(message))
+        await client.views_open(trigger_id=body["trigger_id"], view=draw(found))
 
     async def open_new_from_message(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         """"Create support request" on a message: the form opens with the message's text, and its author's
@@ -307,5 +306,3 @@ async def _tell(respond: AsyncRespond, text: str) -> None:
     except Exception:  # noqa: BLE001 - the refusal stands even if Slack does not show it
         log.warning("could not show a refusal to the user", exc_info=True)
 
-
-Listener = Callable[..., Awaitable[None]]

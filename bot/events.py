@@ -16,6 +16,7 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import escape
+from bot.guard import home_team
 from core.errors import StoreUnavailable, SupportdeskError
 from core.facade import AsyncCore
 from core.queries import find_agent
@@ -36,7 +37,7 @@ NOT_KEPT = ("Your note on {key} was not kept: {why} Slack does not send it again
 def register(app: AsyncApp, core: AsyncCore) -> None:
     @app.event("message")
     async def on_message(event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient) -> None:
-        await note_from_thread(core, event, _home_team(context), client)
+        await note_from_thread(core, event, home_team(context), client)
 
 
 async def note_from_thread(core: AsyncCore, event: dict[str, Any], home_team: str | None,
@@ -87,6 +88,3 @@ async def _tell_author(client: AsyncWebClient | None, event: dict[str, Any], tex
         log.warning("could not tell %s that their note was not kept", event.get("user"), exc_info=True)
 
 
-def _home_team(context: AsyncBoltContext) -> str | None:
-    result = context.authorize_result
-    return (result.team_id if result is not None else None) or None

@@ -101,9 +101,9 @@ def make_middleware(core: AsyncCore) -> list[Callable[..., Awaitable[Any]]]:
             await next()  # events are not commands: their listeners decide whom they concern
             return None
         user_id, user_team = _user_of(body)
-        home_team = _home_team(context)
-        if user_team and home_team and user_team != home_team:
-            log.info("refused %s from %s of workspace %s (ours is %s)", _kind(body), user_id, user_team, home_team)
+        home = home_team(context)
+        if user_team and home and user_team != home:
+            log.info("refused %s from %s of workspace %s (ours is %s)", _kind(body), user_id, user_team, home)
             return await _refusal(body, respond, OTHER_WORKSPACE)
         agent = await directory.find(user_id) if user_id else None
         if agent is None:
@@ -124,7 +124,7 @@ def _user_of(body: dict[str, Any]) -> tuple[str | None, str | None]:
     return body.get("user_id"), body.get("user_team") or None
 
 
-def _home_team(context: AsyncBoltContext) -> str | None:
+def home_team(context: AsyncBoltContext) -> str | None:
     """The workspace our bot token belongs to (from ``auth.test``, which Bolt calls and caches)."""
     result = context.authorize_result
     return (result.team_id if result is not None else None) or None

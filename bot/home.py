@@ -45,6 +45,7 @@ from bot.blocks import (
     money,
     relative,
 )
+from bot.guard import home_team
 from core.errors import StoreUnavailable
 from core.facade import AsyncCore
 from core.services.home import APPROVALS_SHOWN, QUEUE_SHOWN, agent_home
@@ -79,7 +80,7 @@ def register(app: AsyncApp, core: AsyncCore) -> None:
 
     @app.event("app_home_opened")
     async def on_home_opened(event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient) -> None:
-        await publish_home(core, client, event, _home_team(context))
+        await publish_home(core, client, event, home_team(context))
 
 
 async def publish_home(core: AsyncCore, client: AsyncWebClient, event: dict[str, Any],
@@ -113,10 +114,6 @@ def _from_another_workspace(event: dict[str, Any], home_team: str | None) -> boo
     return any(team and team != home_team for team in teams)
 
 
-def _home_team(context: AsyncBoltContext) -> str | None:
-    """The workspace our bot token belongs to (from ``auth.test``, which Bolt calls and caches)."""
-    result = context.authorize_result
-    return (result.team_id if result is not None else None) or None
 
 
 # --- the views (pure) -----------------------------------------------------------------

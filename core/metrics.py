@@ -805,20 +805,31 @@ def _first_changes_since(session: Session, moment: datetime) -> Subquery:
         .subquery("changed")
 
 
+def open_breaches(now: datetime) -> sa.Subquery:
+    """Every target of an open request past its due time at ``now``: (request_id, target 1/2/3, due).
+
+    Target 1 is the first response (while there is none), 2 the next reply,
+    3 the resolution. One index range scan per target, by due time. The
+    metrics count these rows; ``/sd list breached`` lists their requests.
+    """
+    is_open = Request.status.in_(OPEN_STATES)
+    first, reply, resolution = (sa.literal_column(str(n)) for n in (1, 2, 3))
+    return sa.union_all(
+        select(Request.id.label("request_id"), first.label("target"), Request.first_response_due_at.label("due"))
+        .where(Request.first_response_at.is_(None), Request.first_response_due_at < now, is_open),
+        select(Request.id, reply, Request.next_reply_due_at).where(Request.next_reply_due_at < now, is_open),
+        select(Request.id, resolution, Request.resolution_due_at).where(is_open, Request.resolution_due_at < now),
+    ).subquery("breaches")
+
+
 def _open_breaches(session: Session, by: str | None, now: datetime) -> dict[Key, tuple[int, int, int, int]]:
     """Per group: first-response, next-reply and resolution breaches open now, and the requests with any.
 
     Three index range scans (one per target, by due time) instead of one
     scan of every open request.
     """
-    is_open = Request.status.in_(OPEN_STATES)
     first, reply, resolution = (sa.literal_column(str(n)) for n in (1, 2, 3))
-    breaches = sa.union_all(
-        select(Request.id.label("request_id"), first.label("target")).where(
-            Request.first_response_at.is_(None), Request.first_response_due_at < now, is_open),
-        select(Request.id, reply).where(Request.next_reply_due_at < now, is_open),
-        select(Request.id, resolution).where(is_open, Request.resolution_due_at < now),
-    ).subquery("breaches")
+    breaches = open_breaches(now)
     key = _key(by)
 
     def count(target: ColumnElement[Any]) -> ColumnElement[int]:

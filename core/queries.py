@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
-import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from core.errors import InvalidInput, NotFound
 from core.lifecycle import DONE_STATES, Status
+from core.metrics import open_breaches
 from core.models import Agent, Approval, Customer, Event, Invoice, Message, Request
+from core.services.cards import ADJUSTMENT_WINDOW
 from core.services.common import parse_key
 from core.services.correspondence import reply_subject
 from core.store import Store
@@ -145,18 +145,9 @@ def find_agent(store: Store, slack_user_id: str) -> AgentRef | None:
 def breached_requests(store: Store, limit: int = DEFAULT_LIMIT) -> list[RequestView]:
     """Open requests with at least one SLA target past due now, the longest overdue first.
 
-    The same rule as the metrics' open breaches: a first response still
-    missing, a next reply or the resolution past its due time, on a request
-    that is not resolved or closed.
+    The metrics' rule for open breaches (:func:`core.metrics.open_breaches`).
     """
-    now = store.clock.now()
-    is_open = Request.status.not_in([s.value for s in DONE_STATES])
-    candidates = sa.union_all(
-        select(Request.id.label("request_id"), Request.first_response_due_at.label("due")).where(
-            Request.first_response_at.is_(None), Request.first_response_due_at < now, is_open),
-        select(Request.id, Request.next_reply_due_at).where(Request.next_reply_due_at < now, is_open),
-        select(Request.id, Request.resolution_due_at).where(is_open, Request.resolution_due_at < now),
-    ).subquery("breaches")
+    candidates = open_breaches(store.clock.now())
     earliest = (
         select(candidates.c.request_id, func.min(candidates.c.due).label("due"))
         .group_by(candidates.c.request_id)
@@ -221,7 +212,7 @@ class CustomerSummary:
     adjustments: tuple[AdjustmentLine, ...]  # newest first, the last 90 days
 
 
-ADJUSTMENT_DAYS = 90
+ADJUSTMENT_DAYS = ADJUSTMENT_WINDOW.days
 
 
 def customer_summary(store: Store, external_ref: str, limit: int = 20) -> CustomerSummary:
@@ -242,7 +233,7 @@ def customer_summary(store: Store, external_ref: str, limit: int = 20) -> Custom
             select(Invoice).options(selectinload(Invoice.customer))
             .where(Invoice.customer_id == customer.id).order_by(Invoice.due_on.desc()).limit(limit)
         ).scalars()
-        since = store.clock.now() - timedelta(days=ADJUSTMENT_DAYS)
+        since = store.clock.now() - ADJUSTMENT_WINDOW
         adjustments = session.execute(
             select(Approval, Request.number).join(Request, Request.id == Approval.request_id)
             .where(Request.customer_id == customer.id, Approval.requested_at >= since)

@@ -16,17 +16,16 @@ from sqlalchemy.orm import Session, joinedload
 
 from core.errors import NotFound
 from core.lifecycle import PAUSED_STATES, Status
-from core.models import Agent, Approval, Event, Invoice, Message, Request
-from core.services.common import parse_key
+from core.models import Approval, Invoice, Message, Request
+from core.services.common import latest_change, parse_key
 from core.store import Store
-from core.views import AdjustmentLine, ApprovalCard, ChangeView, CustomerRef, InvoiceRef, RequestCard
+from core.views import AdjustmentLine, ApprovalCard, CustomerRef, InvoiceRef, RequestCard
 
 # The evidence window of DESIGN §1 / issue 5: the customer's adjustments in
 # the 90 days before an approval was asked for.
 ADJUSTMENT_WINDOW = timedelta(days=90)
 # Rows of that window loaded for a card; the card counts the rest.
 ADJUSTMENT_PAGE = 50
-_AGENT_PREFIX = "agent:"
 
 
 def request_card(store: Store, key: str) -> RequestCard:
@@ -77,7 +76,7 @@ def request_card(store: Store, key: str) -> RequestCard:
             reopen_count=request.reopen_count,
             created_at=request.created_at,
             updated_at=request.updated_at,
-            last_change=_last_change(session, request.id),
+            last_change=latest_change(session, request.id),
         )
 
 
@@ -149,23 +148,6 @@ def _pending_approvals(session: Session, request_id: int) -> int:
     ).scalar_one()
 
 
-def _last_change(session: Session, request_id: int) -> ChangeView | None:
-    """Who did what last: the request's latest audit event, with the agent's name when an agent did it."""
-    row = session.execute(
-        select(Event.kind, Event.actor, Event.created_at)
-        .where(Event.request_id == request_id)
-        .order_by(Event.seq.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    kind, actor, at = row
-    name = None
-    if actor.startswith(_AGENT_PREFIX):
-        name = session.execute(
-            select(Agent.name).where(Agent.slack_user_id == actor.removeprefix(_AGENT_PREFIX))
-        ).scalar_one_or_none()
-    return ChangeView(kind=kind, actor=actor, actor_name=name, at=at)
 
 
 def _recent_adjustments(

@@ -12,6 +12,7 @@ from core.lifecycle import Status
 from core.models import Agent, Customer, CustomerAddress, Event, Invoice, Request
 from core.money import Money, format_minor
 from core.store import UnitOfWork
+from core.views import ChangeView
 
 PRIORITIES = ("urgent", "high", "normal", "low")
 CHANNELS = ("email", "slack", "cli")
@@ -21,6 +22,7 @@ _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+$")
 
 
+AGENT_ACTOR_PREFIX = "agent:"
 MAX_REQUEST_NUMBER = 2**31 - 1  # the numbers column is a 32-bit INTEGER
 
 
@@ -37,8 +39,13 @@ def parse_key(key: str) -> int:
 
 def request_id_of(uow: UnitOfWork, key: str) -> int:
     """The id of the request named by ``key``, without locking it."""
+    return request_id_in(uow.session, key)
+
+
+def request_id_in(session: Session, key: str) -> int:
+    """:func:`request_id_of` for any session, a read-only one included."""
     number = parse_key(key)
-    request_id = uow.session.execute(select(Request.id).where(Request.number == number)).scalar_one_or_none()
+    request_id = session.execute(select(Request.id).where(Request.number == number)).scalar_one_or_none()
     if request_id is None:
         raise NotFound(f"there is no request SR-{number}")
     return request_id
@@ -87,26 +94,37 @@ def find_customer_by_address(session: Session, address: str) -> Customer | None:
 
 
 def agent_actor(agent: Agent) -> str:
-    return f"agent:{agent.slack_user_id}"
+    return f"{AGENT_ACTOR_PREFIX}{agent.slack_user_id}"
 
 
-def last_change(session: Session, request: Request) -> str | None:
-    """"by Alice (U1) at 2026-01-05T09:00:00Z", from the request's latest event."""
-    event = session.execute(
-        select(Event.actor, Event.kind, Event.created_at)
-        .where(Event.request_id == request.id)
+def latest_change(session: Session, request_id: int) -> ChangeView | None:
+    """Who did what last: the request's latest audit event, with the agent's name when an agent did it."""
+    row = session.execute(
+        select(Event.kind, Event.actor, Event.created_at)
+        .where(Event.request_id == request_id)
         .order_by(Event.seq.desc())
         .limit(1)
     ).first()
-    if event is None:
+    if row is None:
         return None
-    actor, kind, created_at = event
-    who = actor
-    if actor.startswith("agent:"):
-        agent = session.execute(select(Agent).where(Agent.slack_user_id == actor[6:])).scalar_one_or_none()
-        if agent is not None:
-            who = f"{agent.name} ({agent.slack_user_id})"
-    return f"by {who} at {created_at.strftime('%Y-%m-%d %H:%M:%S')} UTC ({kind})"
+    kind, actor, at = row
+    name = None
+    if actor.startswith(AGENT_ACTOR_PREFIX):
+        name = session.execute(
+            select(Agent.name).where(Agent.slack_user_id == actor.removeprefix(AGENT_ACTOR_PREFIX))
+        ).scalar_one_or_none()
+    return ChangeView(kind=kind, actor=actor, actor_name=name, at=at)
+
+
+def last_change(session: Session, request: Request) -> str | None:
+    """"by Alice (U1) at 2026-01-05 09:00:00 UTC (request.claimed)", from the request's latest event."""
+    change = latest_change(session, request.id)
+    if change is None:
+        return None
+    who = change.actor
+    if change.actor_name is not None:
+        who = f"{change.actor_name} ({change.actor.removeprefix(AGENT_ACTOR_PREFIX)})"
+    return f"by {who} at {change.at.strftime('%Y-%m-%d %H:%M:%S')} UTC ({change.kind})"
 
 
 def check_priority(priority: str) -> str:

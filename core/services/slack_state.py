@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import bindparam, delete, select, text
-from sqlalchemy.orm import Session
 
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput
 from core.models import Request, SlackCard, SlackEvent
-from core.services.common import parse_key
+from core.services.common import request_id_in
 from core.store import Store, translate_store_errors
 
 MAX_EVENT_ID = 64
@@ -41,7 +40,7 @@ class CardPlace:
 def request_card_place(store: Store, key: str) -> CardPlace | None:
     """The request's triage card, or None while it has not been posted."""
     with store.read() as session:
-        request_id = _request_id(session, key)
+        request_id = request_id_in(session, key)
         row = session.execute(
             select(SlackCard).where(SlackCard.kind == "request", SlackCard.request_id == request_id)
         ).scalar_one_or_none()
@@ -75,7 +74,7 @@ def record_request_card(store: Store, key: str, place: CardPlace) -> CardPlace:
     """
     _check_place(place)
     with store.unit_of_work() as uow:
-        request_id = _request_id(uow.session, key)
+        request_id = request_id_in(uow.session, key)
         existing = uow.session.execute(
             select(SlackCard).where(SlackCard.kind == "request", SlackCard.request_id == request_id)
         ).scalar_one_or_none()
@@ -94,7 +93,7 @@ def record_approval_card(store: Store, approval_id: int, request_key: str, place
     """Remember where an approval's card was posted; the first post recorded wins and is returned."""
     _check_place(place)
     with store.unit_of_work() as uow:
-        request_id = _request_id(uow.session, request_key)
+        request_id = request_id_in(uow.session, request_key)
         existing = uow.session.execute(
             select(SlackCard).where(SlackCard.approval_id == approval_id)
         ).scalar_one_or_none()
@@ -138,12 +137,6 @@ _CLAIM_EVENT = text(
 ).bindparams(*(bindparam(name, type_=SlackEvent.__table__.c[name].type) for name in ("event_id", "received_at")))
 
 
-def _request_id(session: Session, key: str) -> int:
-    number = parse_key(key)
-    request_id = session.execute(select(Request.id).where(Request.number == number)).scalar_one_or_none()
-    if request_id is None:
-        raise NotFound(f"there is no request SR-{number}")
-    return request_id
 
 
 def _check_place(place: CardPlace) -> None:
