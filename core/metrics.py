@@ -12,6 +12,9 @@ Period
     today. "Now" is the store's clock unless a caller passes it.
 
 Definitions
+    opened
+        requests opened in the period: each has exactly one ``request.opened``
+        event, read by ``events(kind, created_at)``.
     first response time
         ``created_at → first_response_at`` (the first customer-visible reply by
         an agent; the automatic acknowledgment never sets it), over the
@@ -343,6 +346,7 @@ class SlaCompliance:
 class MetricSet:
     """Every metric for one group of requests (or for all of them)."""
 
+    opened: int
     first_response: FirstResponse
     time_to_claim: Distribution
     resolution: Resolution
@@ -355,6 +359,7 @@ class MetricSet:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "opened": self.opened,
             "first_response": self.first_response.to_json(),
             "time_to_claim": self.time_to_claim.to_json(),
             "resolution": self.resolution.to_json(),
@@ -417,6 +422,7 @@ def _one_snapshot(session: Session) -> None:
 
 def _metric_sets(session: Session, period: Period, by: str | None, now: datetime) -> dict[Key, MetricSet]:
     results: dict[str, Mapping[Key, Any]] = {
+        "opened": opened(session, period, by),
         "first_response": first_response_time(session, period, by),
         "time_to_claim": time_to_claim(session, period, by),
         "resolution": resolution_time(session, period, by),
@@ -428,7 +434,7 @@ def _metric_sets(session: Session, period: Period, by: str | None, now: datetime
         "sla_compliance": sla_compliance(session, period, by, now=now),
     }
     empty: dict[str, Any] = {
-        "first_response": FirstResponse(), "time_to_claim": Distribution(), "resolution": Resolution(),
+        "opened": 0, "first_response": FirstResponse(), "time_to_claim": Distribution(), "resolution": Resolution(),
         "backlog": Backlog(backlog_moment(period, now)), "reopen_rate": Rate(), "accuracy_rate": Rate(),
         "dispute_cycle": Distribution(), "financial_impact": FinancialImpact(), "sla_compliance": SlaCompliance(),
     }
@@ -441,6 +447,16 @@ def _metric_sets(session: Session, period: Period, by: str | None, now: datetime
 # Each takes a read session (from Store.read()), the period and an optional
 # split, and returns {group key: result}. Without a split the only key is
 # None and it is always there; with one, only the groups that have data.
+
+
+def opened(session: Session, period: Period, by: str | None = None) -> dict[Key, int]:
+    """Requests opened in the period, by their ``request.opened`` event."""
+    by = check_split(by)
+    base = sa.join(Event.__table__, _requests, Request.id == Event.request_id) if by else Event.__table__
+    stmt = select(_key(by).label("g"), func.count().label("n")).select_from(_from_requests(by, base) if by else base) \
+        .where(Event.kind == "request.opened", _in_period(Event.created_at, period))
+    found = {row.g: int(row.n) for row in session.execute(_grouped(by, _key(by), stmt)) if row.n}
+    return _filled(by, found, 0)
 
 
 def first_response_time(session: Session, period: Period, by: str | None = None) -> dict[Key, FirstResponse]:

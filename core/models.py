@@ -443,7 +443,7 @@ class ReceivedMail(Base):
     status: Mapped[str] = mapped_column(String(12), default="received")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True, nullable=True)
     # opened, joined, duplicate or quarantined; how it was threaded; why it is not a normal request.
     outcome: Mapped[str | None] = mapped_column(String(12), nullable=True)
     matched_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -513,3 +513,50 @@ class SlackEvent(Base):
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Digest(Base):
+    """A daily digest or weekly summary as it was rendered and sent: one per kind and period.
+
+    The unique key is what makes a digest once-only across restarts and
+    across several ``serve`` processes; keeping the rendering makes a
+    re-send repeat the figures that were sent, not today's. ``slack_*``
+    record how far posting got, so a retried delivery does not post twice.
+    """
+
+    __tablename__ = "digests"
+    __table_args__ = (
+        UniqueConstraint("kind", "period", name="uq_digests_kind_period"),
+        CheckConstraint("kind IN ('daily', 'weekly')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    period: Mapped[str] = mapped_column(String(16))  # 2026-12-05, or 2026-W49
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    figures: Mapped[str] = mapped_column(Text)  # the figures as JSON, for the record and for tests
+    slack_text: Mapped[str] = mapped_column(Text)
+    slack_blocks: Mapped[str] = mapped_column(Text)
+    email_subject: Mapped[str] = mapped_column(Text)
+    email_text: Mapped[str] = mapped_column(Text)
+    chart_png: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(64))
+    slack_channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    slack_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    chart_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class SlackAlert(Base):
+    """Where the alert for one SLA crossing was posted, and what it said last, so it is updated, never re-posted."""
+
+    __tablename__ = "slack_alerts"
+
+    crossing_id: Mapped[int] = mapped_column(ForeignKey("sla_crossings.id"), primary_key=True, autoincrement=False)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[str] = mapped_column(String(32))
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -3,8 +3,7 @@
 The Home tab is redrawn every time an agent opens it, so it is one read of a
 fixed handful of queries whatever the size of the store: the agent, a page
 of their queue and its count, a page of approval candidates (rarely more),
-the requests opened today, and :func:`core.metrics.compute_metrics` for
-today. Nothing here writes: looking at the Home tab is not a change.
+and :func:`core.metrics.compute_metrics` for today. Nothing here writes: looking at the Home tab is not a change.
 
 Three rules keep the Home tab from ever telling an agent something the rest
 of supportdesk contradicts:
@@ -35,7 +34,7 @@ from core.authorization import Role, require_can_decide, require_role, require_v
 from core.errors import PermissionDenied
 from core.lifecycle import DONE_STATES
 from core.metrics import MetricsReport, Period, Rate, compute_metrics, period_from_dates, whole_seconds
-from core.models import Agent, Approval, Event, Request, UTCDateTime
+from core.models import Agent, Approval, Request, UTCDateTime
 from core.store import Store
 from core.views import AgentHome, AgentRef, QueueItem, Share, TeamToday, WaitingApproval
 
@@ -60,10 +59,9 @@ def agent_home(store: Store, slack_user_id: str) -> AgentHome | None:
         queue, queue_total = _queue(session, agent, now)
         decides = _decides_approvals(agent)
         approvals, more = _approvals(session, agent) if decides else ((), False)
-        opened = _opened(session, period)
     report = compute_metrics(store, period, now=now)
     return AgentHome(agent=ref, as_of=now, queue=queue, queue_total=queue_total, decides_approvals=decides,
-                     approvals=approvals, more_approvals=more, today=_team_today(report, today, opened))
+                     approvals=approvals, more_approvals=more, today=_team_today(report, today))
 
 
 def today_period(store: Store, today: date) -> Period:
@@ -209,15 +207,7 @@ def _waiting(approval: Approval) -> WaitingApproval:
 # --- today's team figures ----------------------------------------------------------
 
 
-def _opened(session: Session, period: Period) -> int:
-    """Requests opened in the period: each has exactly one ``request.opened`` event (read by its kind/time index)."""
-    return int(session.execute(
-        select(func.count()).select_from(Event).where(
-            Event.kind == "request.opened", Event.created_at >= period.since, Event.created_at < period.until)
-    ).scalar_one())
-
-
-def _team_today(report: MetricsReport, day: date, opened: int) -> TeamToday:
+def _team_today(report: MetricsReport, day: date) -> TeamToday:
     """The figures the Home tab shows, taken from the metrics report as they are (rounded as its JSON is)."""
     overall = report.overall
     sla = overall.sla_compliance
@@ -226,7 +216,7 @@ def _team_today(report: MetricsReport, day: date, opened: int) -> TeamToday:
         timezone=report.timezone,
         since=report.period.since,
         until=report.period.until,
-        opened=opened,
+        opened=overall.opened,
         resolved=overall.resolution.wall.count,
         backlog=overall.backlog.total,
         first_responses=overall.first_response.wall.count,

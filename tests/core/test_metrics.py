@@ -265,6 +265,13 @@ def test_first_response_time(store: Store, history: History) -> None:
     }
 
 
+def test_requests_opened(store: Store, history: History) -> None:
+    # Opened in the period: A B C J D K E G H M F (Z and N before it, I and L after it).
+    assert report(store)["opened"] == 11
+    by_category = {key: g["opened"] for key, g in groups(report(store, by="category")).items()}
+    assert by_category == {"technical": 3, "billing_dispute": 3, "general": 4, "account": 1}
+
+
 def test_time_to_claim(store: Store, history: History) -> None:
     # First assignments in the period: A 1800, B 3600, C 900, D 86400, K 1800, E 600, G 300, H 1800
     # (Z was claimed before it, F after it). Sorted 300 600 900 1800 1800 1800 3600 86400:
@@ -422,7 +429,7 @@ def test_the_whole_report(store: Store, history: History) -> None:
     assert result["period"] == {"since": "2026-01-05T00:00:00Z", "until": "2026-01-12T00:00:00Z", "timezone": "UTC"}
     assert result["computed_at"] == "2026-01-14T12:00:00Z"
     assert result["by"] is None and result["groups"] == []
-    assert list(result) == ["period", "computed_at", "by", "first_response", "time_to_claim", "resolution",
+    assert list(result) == ["period", "computed_at", "by", "opened", "first_response", "time_to_claim", "resolution",
                             "backlog", "reopen_rate", "accuracy_rate", "dispute_cycle", "financial_impact",
                             "sla_compliance", "groups"]
     # "now" defaults to the store's clock.
