@@ -16,6 +16,10 @@ fixed per row: a repeated send is recognisably the same mail.
 
 :func:`outgoing_email` reads everything one e-mail needs into a frozen view,
 so the renderer in ``notifications`` never touches the database.
+
+:func:`list_outbox` and :func:`retry_outbox_row` are the outbox as a person
+sees it (``supportdesk outbox list`` and ``outbox retry``): what is waiting or
+has failed and why, and a way to send a failed row again.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.authorization import require_agent
 from core.errors import InvalidInput, NotFound
 from core.models import AddressHealth, Agent, Event, Message, OutboxMessage, Request
 from core.reply_tokens import stable_message_id
+from core.services.common import agent_actor, get_agent
 from core.services.correspondence import reply_subject, token_of
 from core.store import Store, UnitOfWork
+from core.views import iso
 
 EMAIL_TOPICS = ("acknowledgment", "reply", "resolution_notice")
 # Mail nobody typed; RFC 3834 asks such mail to say so (Auto-Submitted).
@@ -40,6 +47,8 @@ AUTOMATIC_TOPICS = frozenset({"acknowledgment", "resolution_notice"})
 FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 3600
 MAX_ERROR_LENGTH = 2000
+OUTBOX_STATUSES = ("pending", "sent", "failed")
+OUTBOX_CHANNELS = ("email", "slack")
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,53 @@ class OutgoingEmail:
     def is_recipient_failing(self) -> bool:
         """Whether our mail has bounced from a recipient and nothing has come from it since."""
         return bool(self.failing_addresses)
+
+
+@dataclass(frozen=True)
+class OutboxRowView:
+    """One outbox row as a person reads it (``supportdesk outbox list``); times are UTC."""
+
+    id: int
+    channel: str
+    topic: str
+    status: str
+    request_key: str | None
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    sent_at: datetime | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "channel": self.channel,
+            "topic": self.topic,
+            "status": self.status,
+            "request_key": self.request_key,
+            "attempts": self.attempts,
+            "created_at": iso(self.created_at),
+            "next_attempt_at": iso(self.next_attempt_at),
+            "sent_at": iso(self.sent_at),
+            "last_error": self.last_error,
+        }
+
+    @classmethod
+    def of(cls, row: OutboxMessage, request_key: str | None) -> OutboxRowView:
+        """``request_key`` is the request's own key, used when the payload does not name one."""
+        named = _payload_of(row).get("request_key")
+        return cls(
+            id=row.id,
+            channel=row.channel,
+            topic=row.topic,
+            status=row.status,
+            request_key=named if isinstance(named, str) and named else request_key,
+            attempts=row.attempts,
+            created_at=row.created_at,
+            next_attempt_at=row.next_attempt_at,
+            sent_at=row.sent_at,
+            last_error=row.last_error,
+        )
 
 
 # --- claiming and marking -------------------------------------------------------------------
@@ -169,6 +225,79 @@ def _locked_row(uow: UnitOfWork, outbox_id: int) -> OutboxMessage:
     if row is None:
         raise NotFound(f"there is no outbox row {outbox_id}")
     return row
+
+
+def _payload_of(row: OutboxMessage) -> dict[str, Any]:
+    try:
+        payload = json.loads(row.payload or "{}")
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+# --- the outbox as people see it --------------------------------------------------------------
+
+
+def list_outbox(
+    store: Store, *, status: str | None = None, channel: str | None = None, limit: int = 100
+) -> list[OutboxRowView]:
+    """Outbox rows, newest first.
+
+    ``status`` is ``pending``, ``sent`` or ``failed``; ``None`` means every
+    row not sent yet (pending and failed). ``channel`` is ``email`` or
+    ``slack``; ``None`` means both.
+    """
+    if status is not None and status not in OUTBOX_STATUSES:
+        raise InvalidInput(f"outbox status {status!r} is not one of {', '.join(OUTBOX_STATUSES)}")
+    if channel is not None and channel not in OUTBOX_CHANNELS:
+        raise InvalidInput(f"outbox channel {channel!r} is not one of {', '.join(OUTBOX_CHANNELS)}")
+    if limit < 1:
+        raise InvalidInput(f"the limit must be at least 1, not {limit}")
+    query = select(OutboxMessage, Request.number).outerjoin(Request, Request.id == OutboxMessage.request_id)
+    if status is None:
+        query = query.where(OutboxMessage.status != "sent")
+    else:
+        query = query.where(OutboxMessage.status == status)
+    if channel is not None:
+        query = query.where(OutboxMessage.channel == channel)
+    query = query.order_by(OutboxMessage.id.desc()).limit(limit)
+    with store.read() as session:
+        return [OutboxRowView.of(row, f"SR-{number}" if number is not None else None)
+                for row, number in session.execute(query)]
+
+
+def retry_outbox_row(store: Store, outbox_id: int, *, actor: str) -> OutboxRowView:
+    """Send a row again: it becomes pending, due now, with a fresh count of attempts.
+
+    Only a ``failed`` row, or a ``pending`` one waiting for a later attempt,
+    can be retried; a sent row, or a pending one that is due already, is
+    refused. ``last_error`` stays until the next attempt replaces it.
+    ``actor`` is the Slack user id of the agent asking, as for every action;
+    the ``outbox.retried`` audit event names them.
+    """
+    with store.unit_of_work() as uow:
+        agent = get_agent(uow.session, actor)
+        require_agent(agent, "retry outbox rows")
+        row = _locked_row(uow, outbox_id)
+        if row.status == "sent":
+            raise InvalidInput(
+                f"outbox row {outbox_id} was sent at {iso(row.sent_at)}; only a failed or waiting row can be retried")
+        if row.status == "pending" and row.next_attempt_at <= uow.now:
+            raise InvalidInput(
+                f"outbox row {outbox_id} is pending and due already; the delivery worker sends it on its next round")
+        request = uow.lock_request(row.request_id) if row.request_id is not None else None
+        uow.record(
+            "outbox.retried",
+            actor=agent_actor(agent),
+            request=request,
+            data={"outbox_id": row.id, "channel": row.channel, "topic": row.topic},
+        )
+        row.status = "pending"
+        row.attempts = 0
+        row.next_attempt_at = uow.now
+        view = OutboxRowView.of(row, request.key if request is not None else None)
+        uow.commit()
+        return view
 
 
 # --- the e-mail view ------------------------------------------------------------------------
