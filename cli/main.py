@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from cli import mail_commands, metrics_command
 from cli import output, sla_command
-from cli import outbox_command
+from cli import digest_command, outbox_command
 from core import migrate, queries, services
 from core.audit import verify_chain
 from core.errors import InvalidInput, SupportdeskError
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     mail_commands.register(top)
     sla_command.register(top)
     outbox_command.register(top)
+    digest_command.register(top)
 
     audit = top.add_parser("audit", help="the audit trail").add_subparsers(
         title="audit commands", metavar="ACTION", required=True)

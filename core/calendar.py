@@ -52,6 +52,16 @@ class Calendar:
                     yield lo, hi
             day += timedelta(days=1)
 
+    def next_open_moment(self, moment: datetime) -> datetime:
+        """``moment`` itself when the calendar is open then, else the start of its next open interval.
+
+        Alerts of a business-hours SLA wait for this moment: nobody should be
+        nudged at 3 a.m. about a clock that is not even running then.
+        """
+        for opens, _closes in self.open_intervals(moment, moment + timedelta(days=MAX_DAYS)):
+            return opens
+        return moment
+
     def seconds_between(self, start: datetime, end: datetime) -> float:
         """Business seconds in ``[start, end)``."""
         return sum((hi - lo).total_seconds() for lo, hi in self.open_intervals(start, end))

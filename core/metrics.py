@@ -640,7 +640,7 @@ def _duration_us(session: Session, start: ColumnElement[Any], end: ColumnElement
     return epoch(end) - epoch(start)
 
 
-def _status_field(session: Session, data: ColumnElement[str], which: str) -> ColumnElement[str]:
+def status_field(session: Session, data: ColumnElement[str], which: str) -> ColumnElement[str]:
     """``data.status.from`` or ``.to`` of an event (JSON text); NULL when the event changed no status."""
     if _dialect(session) == "sqlite":
         return func.json_extract(data, f"$.status.{which}")
@@ -812,12 +812,12 @@ def _first_changes_since(session: Session, moment: datetime) -> Subquery:
     change, earlier = Event.__table__.alias("change"), Event.__table__.alias("earlier")
     had_earlier_change = sa.exists().where(
         earlier.c.request_id == change.c.request_id, earlier.c.seq < change.c.seq,
-        earlier.c.created_at >= moment, _status_field(session, earlier.c.data, "to").is_not(None),
+        earlier.c.created_at >= moment, status_field(session, earlier.c.data, "to").is_not(None),
     )
     return select(change.c.request_id.label("request_id"),
-                  _status_field(session, change.c.data, "from").label("status")) \
+                  status_field(session, change.c.data, "from").label("status")) \
         .where(change.c.created_at >= moment, change.c.request_id.is_not(None),
-               _status_field(session, change.c.data, "to").is_not(None), ~had_earlier_change) \
+               status_field(session, change.c.data, "to").is_not(None), ~had_earlier_change) \
         .subquery("changed")
 
 

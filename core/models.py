@@ -537,7 +537,6 @@ class Digest(Base):
     until: Mapped[datetime] = mapped_column(UTCDateTime)
     figures: Mapped[str] = mapped_column(Text)  # the figures as JSON, for the record and for tests
     slack_text: Mapped[str] = mapped_column(Text)
-    slack_blocks: Mapped[str] = mapped_column(Text)
     email_subject: Mapped[str] = mapped_column(Text)
     email_text: Mapped[str] = mapped_column(Text)
     chart_png: Mapped[bytes] = mapped_column(LargeBinary)

@@ -9,6 +9,7 @@ exists if and only if its cause was committed. The delivery workers in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -17,6 +18,8 @@ class OutboxDraft:
     channel: str  # "slack" or "email"
     topic: str
     payload: dict[str, Any] = field(default_factory=dict)
+    # Not delivered before this moment (an SLA alert held until business hours); None: at once.
+    not_before: datetime | None = None
 
 
 # Events after which the request's triage card must show something new.
@@ -26,7 +29,11 @@ _MIRRORED = frozenset({"request.opened", "message.inbound", "message.automatic",
 _EMAIL_BY_KIND = {
     "message.outbound": "reply",
     "request.resolved": "resolution_notice",
+    "request.reminded": "waiting_reminder",
 }
+_SLA_ALERTS = frozenset({"sla.warning", "sla.breached"})
+# Events of no request that are sent: a digest made, or re-sent by an admin.
+_DIGESTS = frozenset({"digest.made", "digest.resent"})
 
 
 def outbox_for(
@@ -35,7 +42,7 @@ def outbox_for(
     """Notifications for one event of ``kind`` on a request opened via ``channel``."""
     drafts: list[OutboxDraft] = []
     if request_key is None:
-        return drafts
+        return _digest(kind, data, slack_enabled)
     base = {"request_key": request_key}
     if kind == "request.opened" and channel == "email" and data.get("acknowledge", True):
         drafts.append(OutboxDraft("email", "acknowledgment", base))
@@ -50,8 +57,23 @@ def outbox_for(
         drafts.append(OutboxDraft("slack", "triage_card", base))
     if kind in _MIRRORED and "message_id" in data:
         drafts.append(OutboxDraft("slack", "thread_mirror", {**base, "message_id": data["message_id"]}))
+    # After the card too: a warning is posted in the card's thread.
+    if kind in _SLA_ALERTS and "crossing_id" in data:
+        held = data.get("alert_at")
+        drafts.append(OutboxDraft("slack", "sla_alert", {**base, "crossing_id": data["crossing_id"]},
+                                  not_before=datetime.fromisoformat(held) if isinstance(held, str) else None))
     return drafts
 
 
 def _message_ref(data: dict[str, Any]) -> dict[str, Any]:
     return {"message_id": data["message_id"]} if "message_id" in data else {}
+
+
+def _digest(kind: str, data: dict[str, Any], slack_enabled: bool) -> list[OutboxDraft]:
+    """A digest goes to the digest channel when the event says so, and to each e-mail address it lists."""
+    if kind not in _DIGESTS:
+        return []
+    ref = {"digest_id": data["digest_id"]}
+    drafts = [OutboxDraft("slack", "digest", ref)] if slack_enabled and data.get("slack") else []
+    drafts += [OutboxDraft("email", "digest", {**ref, "to": address}) for address in data.get("emails", ())]
+    return drafts

@@ -56,6 +56,10 @@ class Settings:
     slash_command: str = "/sd"
     timezone: str = "UTC"
     digest_time: str = "09:00"
+    # The scheduler.
+    digest_emails: tuple[str, ...] = ()
+    auto_close_days: int = 7
+    waiting_reminder_days: int = 3
     # The mail gateway.
     smtp_max_message_size: int = 25 * 1024 * 1024
     smtp_max_sessions: int = 100
@@ -88,6 +92,8 @@ _INT_FIELDS = {
     "smtp_max_sessions": (1, 100_000),
     "new_requests_per_sender_hour": (1, 1_000_000),
     "acks_per_sender_hour": (0, 1_000_000),
+    "auto_close_days": (0, 3650),
+    "waiting_reminder_days": (0, 3650),
 }
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -136,6 +142,12 @@ def _parse_field(name: str, raw: Any) -> Any:
         if text not in _BOOLEANS:
             raise InvalidInput(f"{env_name}={raw!r} must be true or false")
         return _BOOLEANS[text]
+    if name == "digest_emails":
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        addresses = tuple(str(a).strip() for a in items if str(a).strip())
+        if any(a.count("@") != 1 for a in addresses):
+            raise InvalidInput(f"{env_name} must list e-mail addresses, comma-separated")
+        return addresses
     if name == "authserv_ids":
         items = raw if isinstance(raw, list) else str(raw).split(",")
         return tuple(str(a).strip().lower() for a in items if str(a).strip())

@@ -198,7 +198,7 @@ class UnitOfWork:
                 "payload": canonical_json(draft.payload),
                 "status": "pending",
                 "attempts": 0,
-                "next_attempt_at": self.now,
+                "next_attempt_at": max(self.now, draft.not_before) if draft.not_before else self.now,
                 "created_at": self.now,
             }
             for seq, (item, request) in zip(sequence, pending)

@@ -29,7 +29,7 @@ from email.parser import BytesParser
 from core.reply_tokens import reply_address
 from core.services.outbox import OutgoingEmail
 from core.settings import Settings
-from notifications.templating import render
+from templates import render
 
 LOOP_HEADER = "X-Supportdesk-Loop"
 AUTO_SUBMITTED = {"acknowledgment": "auto-replied", "resolution_notice": "auto-generated"}

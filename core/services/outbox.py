@@ -41,9 +41,9 @@ from core.services.correspondence import reply_subject, token_of
 from core.store import Store, UnitOfWork
 from core.views import iso
 
-EMAIL_TOPICS = ("acknowledgment", "reply", "resolution_notice")
+EMAIL_TOPICS = ("acknowledgment", "reply", "resolution_notice", "waiting_reminder")
 # Mail nobody typed; RFC 3834 asks such mail to say so (Auto-Submitted).
-AUTOMATIC_TOPICS = frozenset({"acknowledgment", "resolution_notice"})
+AUTOMATIC_TOPICS = frozenset({"acknowledgment", "resolution_notice", "waiting_reminder"})
 FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 3600
 MAX_ERROR_LENGTH = 2000
@@ -346,9 +346,9 @@ def _reply_email(store: Store, session: Session, item: OutboxItem, request: Requ
 
 
 def _automatic_email(store: Store, session: Session, item: OutboxItem, request: Request) -> OutgoingEmail:
-    """An acknowledgment answers the first customer mail; a resolution notice the latest one."""
+    """An acknowledgment answers the first customer mail; a resolution notice and a reminder the latest one."""
     token = token_of(request)
-    parent = _inbound_message(session, request, latest=item.topic == "resolution_notice")
+    parent = _inbound_message(session, request, latest=item.topic != "acknowledgment")
     to_addresses = (request.requester_email,)
     return OutgoingEmail(
         outbox_id=item.id,

@@ -73,30 +73,47 @@ def sweep(store: Store, now: datetime | None = None, *, batch: int = SWEEP_BATCH
             for request in requests:
                 clocks = sla_tracking.current_clocks(store.sla_config, request, events[request.id], moment)
                 done = recorded[request.id]
+                policy = sla_tracking.policy_of(store.sla_config, request)
                 for clock_, threshold, at in sla_tracking.due_crossings(clocks, done, moment):
-                    uow.session.add(SlaCrossing(
+                    crossing = SlaCrossing(
                         request=request, target=clock_.target, threshold=threshold,
                         cycle_started_at=clock_.started_at, due_at=clock_.due_at or at, crossed_at=at,
                         recorded_at=uow.now,
-                    ))
+                    )
+                    uow.session.add(crossing)
                     done.add((clock_.target, threshold, clock_.started_at))
                     uow.record(
                         "sla.warning" if threshold == "warning" else "sla.breached",
                         actor="system:sla", request=request,
                         data={"target": clock_.target, "threshold": threshold, "crossed_at": iso(at),
-                              "due_at": iso(clock_.due_at), "policy": request.sla_policy},
+                              "due_at": iso(clock_.due_at), "policy": request.sla_policy,
+                              "alert_at": iso(alert_moment(policy, uow.now))},
+                        ids={"crossing_id": crossing},
                     )
                     found.append(CrossingView(
                         request.key, clock_.target, threshold, clock_.due_at or at, at, clock_.started_at,
                         request.assignee.slack_user_id if request.assignee else None, request.priority,
                     ))
                 # Recording a crossing changes no clock: only the next check moves.
-                sla_tracking.apply(request, sla_tracking.policy_of(store.sla_config, request), clocks, done)
+                sla_tracking.apply(request, policy, clocks, done)
                 uow.sla_is_fresh(request)
             uow.commit()
         if len(requests) < batch:
             return found
     return found
+
+
+def alert_moment(policy: Policy, recorded_at: datetime) -> datetime:
+    """When the alert for a crossing recorded at ``recorded_at`` may go out. Pure.
+
+    At once for a 24×7 policy (urgent requests, as configured); for a
+    business-hours policy, at once within its hours and otherwise at the start
+    of the next business period, so a sweep that runs at night (or catches up
+    after a restart) holds its alerts for the morning.
+    """
+    if policy.calendar.always_open:
+        return recorded_at
+    return policy.calendar.next_open_moment(recorded_at)
 
 
 @dataclass(frozen=True)

@@ -238,14 +238,19 @@ def move(
     uow: UnitOfWork, request: Request, action: Action, agent: Agent, kind: str, data: dict[str, Any] | None = None
 ) -> None:
     """Apply one lifecycle transition and record its single event."""
+    transition(uow, request, action, agent_actor(agent), kind, data)
+
+
+def transition(
+    uow: UnitOfWork, request: Request, action: Action, actor: str, kind: str, data: dict[str, Any] | None = None
+) -> None:
+    """:func:`move` for any actor, the scheduler's housekeeping included."""
     before = Status(request.status)
     after = ensure_transition(uow, request, action)
     request.status = after.value
     request.updated_at = uow.now
-    uow.record(
-        kind, actor=agent_actor(agent), request=request,
-        data={**(data or {}), "status": {"from": before.value, "to": after.value}},
-    )
+    uow.record(kind, actor=actor, request=request,
+               data={**(data or {}), "status": {"from": before.value, "to": after.value}})
 
 
 def _set_assignee(request: Request, agent: Agent, uow: UnitOfWork) -> None:

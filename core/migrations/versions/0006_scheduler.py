@@ -35,7 +35,6 @@ def upgrade() -> None:
         sa.Column('until', sa.DateTime(timezone=True), nullable=False),
         sa.Column('figures', sa.Text(), nullable=False),
         sa.Column('slack_text', sa.Text(), nullable=False),
-        sa.Column('slack_blocks', sa.Text(), nullable=False),
         sa.Column('email_subject', sa.Text(), nullable=False),
         sa.Column('email_text', sa.Text(), nullable=False),
         sa.Column('chart_png', sa.LargeBinary(), nullable=False),
