@@ -12,7 +12,8 @@ Outcomes, by cause:
   and given up after :data:`GIVE_UP_AFTER_ATTEMPTS` (about five days, like
   an MTA's queue lifetime);
 - ``5xx`` for the recipient or the message, an invalid recipient, a template
-  or render error, a request or reply that no longer exists: failed at once;
+  or render error, a request, reply or digest that no longer exists: failed
+  at once;
 - an acknowledgment or resolution notice to an address our mail bounced
   from: failed as "held back" (a reply an agent wrote is still sent: they
   may know the address works again).
@@ -21,6 +22,10 @@ The envelope sender is our support address, not the null sender RFC 3834
 suggests for automatic mail: bounces must come back, because the intake
 gateway reads them to mark addresses failing, and it files them as bounces,
 never as new requests.
+
+Digest copies (topic ``digest``) belong to no request: they take a path of
+their own (:func:`_deliver_digest`, rendered by ``notifications.digest_mail``)
+and share only the hand-over to the transport and its outcomes.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Literal
 
 from jinja2 import TemplateError
 
 from core.errors import InvalidInput, NotFound, StoreUnavailable
+from core.services.digests import get_digest
 from core.services.outbox import (
     OutboxItem,
     OutgoingEmail,
@@ -45,6 +53,7 @@ from core.services.outbox import (
     retry_delay,
 )
 from core.store import Store
+from notifications.digest_mail import build_digest_message
 from notifications.mail_render import RenderError, build_message, envelope_problem
 from notifications.mail_transport import PermanentFailure, TemporaryFailure, Transport
 
@@ -77,6 +86,8 @@ def deliver_due_email(store: Store, transport: Transport, limit: int = BATCH_SIZ
 
 def deliver_one(store: Store, transport: Transport, item: OutboxItem) -> Outcome:
     """Read, check, render, send and mark one claimed row."""
+    if item.topic == "digest":
+        return _deliver_digest(store, transport, item)
     try:
         email = outgoing_email(store, item)
     except (NotFound, InvalidInput) as exc:
@@ -88,15 +99,7 @@ def deliver_one(store: Store, transport: Transport, item: OutboxItem) -> Outcome
         message = build_message(email, store.settings)
     except (TemplateError, RenderError, ValueError) as exc:
         return _give_up(store, item, f"cannot render the {item.topic} mail: {exc.__class__.__name__}: {exc}")
-    try:
-        transport.send(message, store.settings.support_addresses[0], email.to_addresses)
-    except TemporaryFailure as exc:
-        return _retry(store, item, str(exc))
-    except PermanentFailure as exc:
-        return _give_up(store, item, str(exc))
-    mark_sent(store, item.id)
-    log.info("sent the %s mail of %s (outbox row %d)", item.topic, email.request_key, item.id)
-    return "sent"
+    return _hand_over(store, transport, item, message, email.to_addresses, email.request_key)
 
 
 def refusal_of(email: OutgoingEmail) -> str | None:
@@ -111,6 +114,40 @@ def refusal_of(email: OutgoingEmail) -> str | None:
         # An automatic answer to a bouncing address only feeds a bounce loop.
         return f"held back: {email.failing_addresses[0]} bounced our mail"
     return None
+
+
+def _deliver_digest(store: Store, transport: Transport, item: OutboxItem) -> Outcome:
+    """A copy of a recorded digest for the one address its row names."""
+    digest_id, to = item.payload.get("digest_id"), item.payload.get("to")
+    if not isinstance(digest_id, int) or not isinstance(to, str):
+        return _give_up(store, item, f"cannot make the digest mail: outbox row {item.id} names no digest "
+                                     f"and address (payload {item.payload!r})")
+    try:
+        digest = get_digest(store, digest_id)
+    except NotFound as exc:
+        return _give_up(store, item, f"cannot make the digest mail: {exc}")
+    problem = envelope_problem(to)
+    if problem is not None:
+        return _give_up(store, item, f"invalid recipient: {problem}")
+    try:
+        message = build_digest_message(digest, to, store.settings, item.id, store.clock.now())
+    except (RenderError, ValueError) as exc:
+        return _give_up(store, item, f"cannot render the digest mail: {exc.__class__.__name__}: {exc}")
+    return _hand_over(store, transport, item, message, (to,), f"digest {digest.id}")
+
+
+def _hand_over(store: Store, transport: Transport, item: OutboxItem, message: EmailMessage,
+               recipients: Sequence[str], what: str) -> Outcome:
+    """Give the finished mail to the transport and mark the row by its answer."""
+    try:
+        transport.send(message, store.settings.support_addresses[0], recipients)
+    except TemporaryFailure as exc:
+        return _retry(store, item, str(exc))
+    except PermanentFailure as exc:
+        return _give_up(store, item, str(exc))
+    mark_sent(store, item.id)
+    log.info("sent the %s mail of %s (outbox row %d)", item.topic, what, item.id)
+    return "sent"
 
 
 async def run_email_delivery(

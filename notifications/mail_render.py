@@ -63,8 +63,8 @@ def build_message(email: OutgoingEmail, settings: Settings) -> EmailMessage:
     _set_id_list(message, "In-Reply-To", [email.in_reply_to] if email.in_reply_to else [])
     _set_id_list(message, "References", capped_references(email.references))
     if email.is_automatic:
-        _mark_automatic(message, email.topic, settings.mail_domain)
-    _set_body(message, body_text(email))
+        mark_automatic(message, email.topic, settings.mail_domain)
+    set_body(message, body_text(email))
     check_headers(message)
     return message
 
@@ -174,7 +174,7 @@ def _set_id_list(message: EmailMessage, name: str, ids: Sequence[str | None]) ->
         message.set_raw(name, "\n ".join(valid))
 
 
-def _mark_automatic(message: EmailMessage, topic: str, loop_token: str) -> None:
+def mark_automatic(message: EmailMessage, topic: str, loop_token: str) -> None:
     """RFC 3834 §5 and its vendor cousins: do not auto-answer this; and our own loop marker."""
     message["Auto-Submitted"] = AUTO_SUBMITTED.get(topic, "auto-generated")
     message["X-Auto-Response-Suppress"] = "All"
@@ -182,7 +182,8 @@ def _mark_automatic(message: EmailMessage, topic: str, loop_token: str) -> None:
     message[LOOP_HEADER] = header_text(loop_token)
 
 
-def _set_body(message: EmailMessage, text: str) -> None:
+def set_body(message: EmailMessage, text: str) -> None:
+    """``text`` as the message's text/plain body, in UTF-8."""
     # Non-ASCII text goes quoted-printable rather than 8bit: a relay without
     # 8BITMIME then still carries it unchanged.
     message.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")
