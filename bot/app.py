@@ -94,7 +94,8 @@ class SlackPart:
     def __init__(self, core: AsyncCore, settings: Settings, client: AsyncWebClient | None = None) -> None:
         self.client = client or make_client(settings)
         self.delivery = SlackDelivery(core, self.client, triage_channel=settings.triage_channel,
-                                      approvals_channel=settings.approvals_channel)
+                                      approvals_channel=settings.approvals_channel,
+                                      alerts_channel=settings.alerts_channel, digest_channel=settings.digest_channel)
         self.app = create_app(core, self.client, settings, changed=self.delivery.wake.set)
         self.socket_mode = (SocketModeConnection(self.app, settings.slack_app_token, self.client)
                             if settings.slack_app_token else None)

@@ -28,6 +28,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from core.money import format_minor
+from core.services.alerts import AlertView
+from core.services.digests import DigestView
+from templates import render
 from core.views import (
     AdjustmentLine,
     ApprovalCard,
@@ -54,8 +57,12 @@ ACTION_MORE = "more"  # an overflow; option values are choice_value(key, MORE_â€
 ACTION_APPROVE = "approve"
 ACTION_REJECT = "reject"
 ACTION_SHOW_MESSAGE = "show_message"
+ACTION_DIGEST_LIST = "digest_list"  # a digest's drill-down; the value is one of DIGEST_LISTS
 
 # What the overflow offers.
+# The lists behind a digest's figures: the value of each drill-down button and its label.
+DIGEST_LISTS = {"breached": "Breaches open", "unassigned": "Unclaimed", "waiting": "Waiting on customer",
+                "open": "All open", "quarantine": "Quarantined mail"}
 MORE_WAIT_ON_CUSTOMER = "wait_on_customer"
 MORE_MERGE = "merge"
 MORE_NOT_A_REQUEST = "not_a_request"
@@ -431,6 +438,8 @@ _EVENT_WORDS = {
     "sla.warning": "warned that an SLA target is near",
     "sla.breached": "recorded an SLA breach",
     "mail.address_failing": "noted that mail to the requester bounces",
+    "request.reminded": "reminded the customer we are waiting for them",
+    "outbox.retried": "sent a failed notification again",
 }
 
 
@@ -853,3 +862,36 @@ def _chunks(text: str, size: int, most: int) -> tuple[list[str], bool]:
         if piece:
             pieces.append(piece)
     return pieces, bool(text)
+
+
+# --- SLA alerts and digests ------------------------------------------------------------
+
+_TARGET_LABELS = {"first_response": "First response", "next_reply": "Next reply", "resolution": "Resolution"}
+
+
+def sla_alert(view: AlertView) -> tuple[str, list[Block]]:
+    """One SLA alert, drawn from its view as it stands now (met, paused, reassigned): (fallback text, blocks)."""
+    text = render(
+        "slack/sla_alert.md.j2",
+        threshold=view.threshold, state=view.state, target_label=_TARGET_LABELS.get(view.target, view.target),
+        request_key=escape(view.request_key), due=_when(view.due_at),
+        met=_when(view.met_at) if view.met_at else None, subject=_short(view.subject, 200),
+        priority=escape(view.priority), request_status=escape(view.request_status.replace("_", " ")),
+        assignee=mention(view.assignee) if view.assignee else None,
+        managers=[mention(m) for m in view.managers],
+    ).strip()
+    return _fallback(text), [_section(text)]
+
+
+def digest_message(digest: DigestView) -> tuple[str, list[Block]]:
+    """A digest as posted: its rendered text in sections (cut at blank lines) and the drill-down buttons."""
+    sections: list[str] = []
+    for part in digest.slack_text.strip().split("\n\n"):
+        if sections and slack_len(sections[-1]) + slack_len(part) + 2 <= SECTION_LIMIT:
+            sections[-1] += "\n\n" + part
+        else:
+            sections.append(part)
+    blocks = [_section(part) for part in sections[:MAX_MESSAGE_BLOCKS - 1]]
+    blocks.append({"type": "actions", "block_id": f"digest_{digest.id}", "elements": [
+        _button(label, ACTION_DIGEST_LIST, value) for value, label in DIGEST_LISTS.items()]})
+    return _fallback(digest.email_subject), blocks

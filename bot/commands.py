@@ -19,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import command_text as ct
 from bot import modals
-from bot.blocks import escape, money, triage_card
+from bot.blocks import ACTION_DIGEST_LIST, escape, money, triage_card
 from bot.metrics_text import metrics_period, metrics_text
 from bot.guard import agent_of
 from core import services
@@ -54,6 +54,19 @@ def register(app: AsyncApp, core: AsyncCore, command: str) -> None:
             await client.views_open(trigger_id=body["trigger_id"], view=modals.new_request_modal())
             return
         reply = await answer(core, parsed, agent_of(context).slack_user_id, command)
+        await respond(response_type="ephemeral", replace_original=False, **reply)
+
+    @app.action(ACTION_DIGEST_LIST)
+    async def on_digest_list(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
+                             respond: AsyncRespond) -> None:
+        """A digest's drill-down button: the list behind a figure, as ``/sd list …`` would show it, to the clicker."""
+        await ack()
+        which = str(((body.get("actions") or [{}])[0]).get("value") or "")
+        parsed: ct.Command = ct.Quarantine() if which == "quarantine" else ct.ListRequests(which)
+        if which != "quarantine" and which not in ct.LIST_VIEWS:
+            parsed = ct.Usage(f"there is no list called {which!r}")
+        reply = (await answer(core, parsed, agent_of(context).slack_user_id, command)
+                 if not isinstance(parsed, ct.Usage) else {"text": _usage(parsed, command)})
         await respond(response_type="ephemeral", replace_original=False, **reply)
 
 

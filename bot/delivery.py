@@ -29,10 +29,13 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.blocks import approval_card, mirrored_message, triage_card
+from bot.blocks import approval_card, digest_message, mirrored_message, sla_alert, triage_card
 from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.facade import AsyncCore
 from core.queries import get_message
+from core.services.alerts import AlertView, alert_view, alerts_of_request, record_alert_place, record_alert_text, \
+    text_digest
+from core.services.digests import get_digest, record_digest_chart, record_digest_post
 from core.services.cards import approval_card as approval_card_view
 from core.services.cards import request_card
 from core.services.outbox import OutboxItem, claim_due, mark_failed, mark_retry, mark_sent, retry_delay
@@ -98,11 +101,14 @@ class SlackDelivery:
     """Delivers the ``slack`` outbox with one Web API client; :meth:`run` until told to stop."""
 
     def __init__(self, core: AsyncCore, client: AsyncWebClient, *, triage_channel: str | None,
-                 approvals_channel: str | None, pacer: ChannelPacer | None = None) -> None:
+                 approvals_channel: str | None, alerts_channel: str | None = None, digest_channel: str | None = None,
+                 pacer: ChannelPacer | None = None) -> None:
         self._core = core
         self._client = client
         self._triage_channel = triage_channel
         self._approvals_channel = approvals_channel
+        self._alerts_channel = alerts_channel
+        self._digest_channel = digest_channel
         self._pacer = pacer or ChannelPacer()
         self.wake = asyncio.Event()
 
@@ -166,6 +172,10 @@ class SlackDelivery:
             await self._thread_mirror(int(item.payload["message_id"]))
         elif item.topic == "approval_card":
             await self._approval_card(int(item.payload["approval_id"]), str(item.payload["request_key"]))
+        elif item.topic == "sla_alert":
+            await self._sla_alert(int(item.payload["crossing_id"]))
+        elif item.topic == "digest":
+            await self._digest(int(item.payload["digest_id"]))
         else:
             raise InvalidInput(f"unknown Slack outbox topic {item.topic!r}")
 
@@ -175,6 +185,7 @@ class SlackDelivery:
         place = await self._core.read(request_card_place, key)
         if place is not None:
             await self._update(place, text, blocks)
+            await self._refresh_alerts(key)
             return
         channel = _configured(self._triage_channel, "SUPPORTDESK_TRIAGE_CHANNEL")
         posted = await self._post(channel, text, blocks)
@@ -203,12 +214,65 @@ class SlackDelivery:
         if winner != posted:
             await self._client.chat_delete(channel=posted.channel, ts=posted.ts)
 
+    async def _sla_alert(self, crossing_id: int) -> None:
+        """A warning goes into the card's thread (to the channel too while nobody has the request); a breach
+        to the alerts channel. Posted once per crossing; a retried row only brings the text up to date."""
+        view = await self._core.read(alert_view, crossing_id)
+        text, blocks = sla_alert(view)
+        if view.place is not None:
+            await self._refresh_alert(view)
+            return
+        broadcast = False
+        thread_ts = None
+        if view.threshold == "warning":
+            if view.card is None:
+                raise NotReady(f"the card of {view.request_key} is not posted yet")
+            channel, thread_ts, broadcast = view.card.channel, view.card.ts, view.assignee is None
+        else:
+            channel = _configured(self._alerts_channel or self._triage_channel, "SUPPORTDESK_ALERTS_CHANNEL")
+        posted = await self._post(channel, text, blocks, thread_ts=thread_ts, reply_broadcast=broadcast)
+        winner = await self._core.call(record_alert_place, crossing_id, posted, blocks[0]["text"]["text"])
+        if winner != posted:
+            await self._client.chat_delete(channel=posted.channel, ts=posted.ts)
+
+    async def _refresh_alerts(self, key: str) -> None:
+        """After a change to the request, its posted alerts say where their targets stand now."""
+        for view in await self._core.read(alerts_of_request, key):
+            await self._refresh_alert(view)
+
+    async def _refresh_alert(self, view: AlertView) -> None:
+        text, blocks = sla_alert(view)
+        shown = blocks[0]["text"]["text"]
+        if view.place is None or text_digest(shown) == view.text_sha256:
+            return
+        await self._update(view.place, text, blocks)
+        await self._core.call(record_alert_text, view.crossing_id, shown)
+
+    async def _digest(self, digest_id: int) -> None:
+        """The digest's message with its buttons, then the chart right below it; each step recorded once done."""
+        digest = await self._core.read(get_digest, digest_id)
+        channel = _configured(self._digest_channel, "SUPPORTDESK_DIGEST_CHANNEL")
+        if digest.slack_ts is None:
+            text, blocks = digest_message(digest)
+            posted = await self._post(channel, text, blocks)
+            await self._core.call(record_digest_post, digest_id, channel=posted.channel, ts=posted.ts)
+        if digest.chart_file_id is None:
+            await self._pacer.wait(channel)
+            response = await self._client.files_upload_v2(
+                channel=channel, content=digest.chart_png, filename="trend.png",
+                title=f"Trend: 14 days to {digest.period}" if digest.kind == "daily" else f"Trend: {digest.period}",
+            )
+            uploaded = response.get("file") or {}
+            await self._core.call(record_digest_chart, digest_id, file_id=str(uploaded.get("id") or "?"))
+
     async def _post(self, channel: str, text: str, blocks: list[dict[str, Any]],
-                    thread_ts: str | None = None) -> CardPlace:
+                    thread_ts: str | None = None, reply_broadcast: bool = False) -> CardPlace:
         await self._pacer.wait(channel)
+        extra = {"reply_broadcast": True} if thread_ts and reply_broadcast else {}
         response = await self._client.chat_postMessage(
             channel=channel, text=text, blocks=blocks, thread_ts=thread_ts,
             unfurl_links=False, unfurl_media=False,  # customer text must not unfurl into previews
+            **extra,
         )
         return CardPlace(str(response["channel"]), str(response["ts"]))
 

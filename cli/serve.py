@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from core import migrate
 from core.errors import InvalidInput
+from core.leadership import leader_lock
 from core.facade import AsyncCore
 from core.settings import Settings
 from core.store import Store
@@ -26,6 +27,7 @@ from intake.listener import SmtpGateway
 from intake.processor import ProcessorProcess
 from notifications.email_delivery import run_email_delivery
 from notifications.mail_transport import transport_for
+from notifications.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from bot.app import SlackPart
@@ -51,11 +53,30 @@ def plan_parts(settings: Settings) -> list[PartPlan]:
                  f"on {settings.smtp_listen} for {', '.join(settings.support_addresses)}"),
         PartPlan("mail processor", True, "files accepted mail in a separate process"),
         slack,
-        PartPlan("scheduler", False, "SLA alerts and digests are not part of this version yet"),
+        PartPlan("scheduler", True, scheduler_reason(settings, slack.start)),
         PartPlan("outbox delivery", True,
                  f"e-mail {relay}; " + ("Slack cards to the triage channel " + str(settings.triage_channel)
                                         if slack.start else "Slack notifications wait for the Slack app")),
     ]
+
+
+def scheduler_reason(settings: Settings, slack: bool) -> str:
+    """What the scheduler will do with these settings, in one line."""
+    places = []
+    if slack and settings.digest_channel:
+        places.append(f"to {settings.digest_channel}")
+    if settings.digest_emails:
+        places.append(f"by mail to {', '.join(settings.digest_emails)}")
+    digest = (f"daily digest at {settings.digest_time} {settings.timezone} " + " and ".join(places)
+              if places else "daily digest recorded but not sent (SUPPORTDESK_DIGEST_CHANNEL and "
+                             "SUPPORTDESK_DIGEST_EMAILS unset)")
+    alerts = ("SLA alerts in card threads and " + (settings.alerts_channel or settings.triage_channel or "")
+              if slack else "SLA sweep every minute (alerts wait for the Slack app)")
+    close = f"auto-close {settings.auto_close_days} days after resolution" if settings.auto_close_days else \
+        "no auto-close"
+    remind = (f"reminders after {settings.waiting_reminder_days} days waiting on the customer"
+              if settings.waiting_reminder_days else "no reminders")
+    return f"{alerts}; {digest}; {close}; {remind}; runs in one serve process at a time"
 
 
 def slack_plan(settings: Settings) -> PartPlan:
@@ -126,6 +147,9 @@ def _safe_url(url: str) -> str:
 
 
 def serve(settings: Settings) -> int:
+    # APScheduler logs every run of every job at INFO (the leader election every 10 s); its warnings
+    # (a job that missed its time) and errors still show. Our jobs log what they did themselves.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     store = Store.open(settings)
     try:
         migrate.upgrade(store.engine)
@@ -172,9 +196,18 @@ async def _run(store: Store) -> None:
             if isinstance(exc, InvalidInput):  # Slack refused the app token
                 raise
             raise InvalidInput(f"the Slack app cannot listen on {store.settings.http_listen}: {exc.strerror}") from exc
-    delivery_stop = asyncio.Event()
+    delivery_stop, email_wake = asyncio.Event(), asyncio.Event()
     delivery = loop.create_task(
-        run_email_delivery(store, transport_for(store.settings), delivery_stop), name="email-delivery")
+        run_email_delivery(store, transport_for(store.settings), delivery_stop, wake=email_wake),
+        name="email-delivery")
+
+    def outbox_written() -> None:
+        email_wake.set()
+        if slack is not None:
+            slack.delivery.wake.set()
+
+    scheduler = Scheduler(store, leader_lock(store), outbox_written=outbox_written)
+    scheduler.start()
     _tune_garbage_collection()
     log.info("supportdesk is running; stop it with Ctrl-C or SIGTERM")
     try:
@@ -185,6 +218,7 @@ async def _run(store: Store) -> None:
                 processor.check()
     finally:
         log.info("stopping: finishing mail in transfer, then the mail processor and deliveries")
+        await scheduler.stop()
         if slack is not None:
             await slack.stop()
         await gateway.stop()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -32,6 +32,7 @@ from notifications.chart import short_date, trend_chart
 from templates import render
 
 SYSTEM_ACTOR = "system:scheduler"
+CHILD_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,16 +101,40 @@ def preview_digest(store: Store, due: DueDigest, *, now: datetime | None = None)
 
 
 async def make_digest_in_child(settings: Settings, due: DueDigest, now: datetime) -> int | None:
-    """:func:`make_digest` in a fresh process that exits afterwards; the new digest's id, or None."""
+    """:func:`make_digest` in a fresh process that exits afterwards; the new digest's id, or None.
+
+    The loop only polls a pipe meanwhile. Cancelled (serve is stopping), the
+    child is terminated: its transaction has not committed, so nothing is
+    half made, and the next leader makes the digest.
+    """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return await asyncio.get_running_loop().run_in_executor(pool, _make_in_child, settings, due, now)
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_make_in_child, args=(settings, due, now, sender), name="supportdesk-digest",
+                            daemon=True)
+    child.start()
+    sender.close()
+    try:
+        while not receiver.poll() and child.is_alive():
+            await asyncio.sleep(CHILD_POLL_SECONDS)
+        outcome, value = receiver.recv() if receiver.poll() else ("died", f"exit code {child.exitcode}")
+    except asyncio.CancelledError:
+        child.terminate()
+        raise
+    finally:
+        receiver.close()
+        await asyncio.to_thread(child.join, 10)
+    if outcome != "made":
+        raise RuntimeError(f"making the {due.kind} digest {due.period} failed in its process: {value}")
+    return value if isinstance(value, int) else None
 
 
-def _make_in_child(settings: Settings, due: DueDigest, now: datetime) -> int | None:
+def _make_in_child(settings: Settings, due: DueDigest, now: datetime, sender: Connection) -> None:
     store = Store.open(settings)
     try:
         made = make_digest(store, due, now=now)
-        return made.id if made is not None else None
+        sender.send(("made", made.id if made is not None else None))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which logs it
+        sender.send(("failed", f"{exc.__class__.__name__}: {exc}"))
     finally:
+        sender.close()
         store.dispose()

@@ -8,7 +8,7 @@ not the size of the backlog.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +23,8 @@ from core.store import Store
 from core.views import iso
 
 SWEEP_BATCH = 500
+# A crossing found this soon after business hours ended is still alerted at once (see alert_moment).
+ALERT_GRACE = timedelta(minutes=5)
 # Every batch moves each request's next check past ``now``, so batches end;
 # the bound only guards against a bug turning that into a loop.
 MAX_BATCHES = 10_000
@@ -87,7 +89,7 @@ def sweep(store: Store, now: datetime | None = None, *, batch: int = SWEEP_BATCH
                         actor="system:sla", request=request,
                         data={"target": clock_.target, "threshold": threshold, "crossed_at": iso(at),
                               "due_at": iso(clock_.due_at), "policy": request.sla_policy,
-                              "alert_at": iso(alert_moment(policy, uow.now))},
+                              "alert_at": iso(alert_moment(policy, at, uow.now))},
                         ids={"crossing_id": crossing},
                     )
                     found.append(CrossingView(
@@ -103,17 +105,23 @@ def sweep(store: Store, now: datetime | None = None, *, batch: int = SWEEP_BATCH
     return found
 
 
-def alert_moment(policy: Policy, recorded_at: datetime) -> datetime:
-    """When the alert for a crossing recorded at ``recorded_at`` may go out. Pure.
+def alert_moment(policy: Policy, crossed_at: datetime, recorded_at: datetime) -> datetime:
+    """When the alert for a crossing may go out. Pure.
 
-    At once for a 24×7 policy (urgent requests, as configured); for a
-    business-hours policy, at once within its hours and otherwise at the start
-    of the next business period, so a sweep that runs at night (or catches up
-    after a restart) holds its alerts for the morning.
+    At once for a 24×7 policy (urgent requests, as configured). For a
+    business-hours policy, at once if the calendar was open at any moment of
+    the last :data:`ALERT_GRACE` before the sweep found it (a due time at
+    17:00 found by the 17:00:30 sweep is still told that evening), and
+    otherwise at the start of the next business period: a sweep that
+    catches up at night, after a restart, holds its alerts for the morning.
     """
-    if policy.calendar.always_open:
+    calendar = policy.calendar
+    if calendar.always_open:
         return recorded_at
-    return policy.calendar.next_open_moment(recorded_at)
+    window_start = max(crossed_at, recorded_at - ALERT_GRACE) - timedelta(seconds=1)
+    if calendar.next_open_moment(window_start) <= recorded_at:
+        return recorded_at
+    return calendar.next_open_moment(recorded_at)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from tests.slack.signing import DEFAULT_SIGNING_SECRET, HOME_TEAM, TRIAGE_CHANNE
 T = TypeVar("T")
 
 APPROVALS_CHANNEL = "C0APPROVE1"
+ALERTS_CHANNEL = "C0ALERTS01"
+DIGEST_CHANNEL = "C0DIGEST01"
 # The directory of tests.factories, as Slack users of the home workspace.
 ALICE = SlackUser("UAGENT1", "alice", HOME_TEAM.id)
 BOB = SlackUser("UAGENT2", "bob", HOME_TEAM.id)
@@ -72,6 +74,8 @@ def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = Fa
         slack_api_url=fake.base_url,
         triage_channel=TRIAGE_CHANNEL.id,
         approvals_channel=APPROVALS_CHANNEL,
+        alerts_channel=ALERTS_CHANNEL,
+        digest_channel=DIGEST_CHANNEL,
         http_listen=HostPort("127.0.0.1", 0),
     )
     slack_store = Store(store.engine, store.clock, settings)

@@ -137,6 +137,8 @@ class _State:
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
     home_views: dict[str, str] = field(default_factory=dict)
+    # Files: id -> {"id", "filename", "length", "title", "content" (bytes), "channel", "thread_ts", "complete"}
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     used_trigger_ids: set[str] = field(default_factory=set)
     socket_mode_url: str | None = None
     last_ts_micros: int = 0
@@ -164,6 +166,8 @@ class FakeSlack:
             "chat.update": self._chat_update,
             "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.getPermalink": self._chat_get_permalink,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
             "views.open": self._views_open,
             "views.push": self._views_push,
             "views.update": self._views_update,
@@ -397,6 +401,8 @@ class FakeSlack:
         lowered = {name.lower(): value for name, value in headers.items()}  # urllib sends "Content-type"
         content_type = lowered.get("content-type", "")
         authorization = lowered.get("authorization")
+        if method == "upload":  # the bytes of a file, to the URL files.getUploadURLExternal gave
+            return self._upload(http_method, path, lowered, raw_body)
         args = _parse_args(target, content_type, raw_body)
         self._sleep_latency(method)
         status, extra_headers, response = self._answer(method, args, authorization)
@@ -409,6 +415,33 @@ class FakeSlack:
             self._cond.notify_all()
         kind = "application/json; charset=utf-8" if response is not None else "text/html; charset=utf-8"
         return status, {"Content-Type": kind, **extra_headers}, body
+
+    def file(self, file_id: str) -> dict[str, Any] | None:
+        """A file the app uploaded: its name, title, bytes, and where it was shared once complete."""
+        with self._cond:
+            found = self._state.files.get(file_id)
+            return dict(found) if found is not None else None
+
+    def _upload(self, http_method: str, path: str, headers: dict[str, str], raw_body: bytes) -> Answer:
+        file_id = path.rsplit("/", 1)[-1]
+        with self._cond:
+            fault = self._take_fault("upload")
+            known = self._state.files.get(file_id)
+            if fault is not None:
+                status = fault.status if fault.status >= 400 else 500
+            elif known is None:
+                status = 404
+            else:
+                known["content"] = raw_body
+                status = 200
+            call = Call(method="upload", args={"file_id": file_id}, authorization=headers.get("authorization"),
+                        at=time.time(), http_method=http_method, path=path,
+                        content_type=headers.get("content-type", ""), raw_body=raw_body, headers=headers,
+                        status=status, response=None)
+            self._state.calls.append(call)
+            self._cond.notify_all()
+        body = f"OK - {len(raw_body)}".encode() if status == 200 else _error_page(status)
+        return status, {"Content-Type": "text/plain"}, body
 
     def _sleep_latency(self, method: str) -> None:
         with self._cond:
@@ -511,6 +544,31 @@ class FakeSlack:
             return {"ok": False, "error": "message_not_found"}
         link = f"{self.workspace.url}archives/{channel}/p{ts.replace('.', '')}"
         return {"ok": True, "channel": channel, "permalink": link}
+
+    def _files_get_upload_url(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("filename") or not str(args.get("length", "")).isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = self._next_id("F")
+        self._state.files[file_id] = {"id": file_id, "filename": args["filename"], "length": int(args["length"]),
+                                      "title": None, "content": None, "channel": None, "thread_ts": None,
+                                      "complete": False}
+        return {"ok": True, "file_id": file_id, "upload_url": f"{self.root_url}/upload/{file_id}"}
+
+    def _files_complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = args.get("files")
+        if isinstance(files, str):
+            files = json.loads(files)
+        if not isinstance(files, list) or not files:
+            return {"ok": False, "error": "invalid_arguments"}
+        done = []
+        for entry in files:
+            found = self._state.files.get(str(entry.get("id")))
+            if found is None or found["content"] is None or len(found["content"]) != found["length"]:
+                return {"ok": False, "error": "file_not_found"}
+            found.update(title=entry.get("title"), channel=args.get("channel_id"), thread_ts=args.get("thread_ts"),
+                         complete=True)
+            done.append({"id": found["id"], "name": found["filename"], "title": found["title"]})
+        return {"ok": True, "files": done}
 
     def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         error = self._exchange_trigger(args) or _view_argument_error(args)
@@ -690,6 +748,8 @@ def _method_for(path: str) -> str:
         return path[len("/api/"):]
     if path == "/webhook" or path.startswith("/webhook/"):
         return "webhook"
+    if path.startswith("/upload/"):
+        return "upload"
     return path  # answered as an unknown method, and recorded, so a wrong base_url is visible
 
 
