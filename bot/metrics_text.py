@@ -14,6 +14,7 @@ from typing import Any
 from bot.blocks import money
 from core.errors import InvalidInput
 from core.metrics import Period, period_from_dates
+from templates import duration
 
 MAX_DAYS = 366
 
@@ -44,17 +45,17 @@ def metrics_text(report: dict[str, Any], label: str) -> str:
     lines = [
         f"*Team figures, {label}* ({report['period']['since'][:10]} to {report['period']['until'][:10]}, "
         f"end not counted, {report['period']['timezone']})",
-        f"• First response: median {_duration(report['first_response']['median_seconds'])}, "
-        f"90% within {_duration(report['first_response']['p90_seconds'])} ({report['first_response']['count']})",
-        f"• Time to claim: median {_duration(report['time_to_claim']['median_seconds'])}",
-        f"• Resolution: median {_duration(report['resolution']['median_seconds'])} "
+        f"• First response: median {duration(report['first_response']['median_seconds'])}, "
+        f"90% within {duration(report['first_response']['p90_seconds'])} ({report['first_response']['count']})",
+        f"• Time to claim: median {duration(report['time_to_claim']['median_seconds'])}",
+        f"• Resolution: median {duration(report['resolution']['median_seconds'])} "
         f"({report['resolution']['count']} resolved)",
         f"• Backlog: {backlog['total']} open (under 1 day {backlog['age_under_1d']}, 1–3 days "
         f"{backlog['age_1d_to_3d']}, 3–7 days {backlog['age_3d_to_7d']}, over 7 days {backlog['age_over_7d']})",
         f"• Reopened: {_rate(report['reopen_rate'])} · resolved right first time: {_rate(report['accuracy_rate'])}",
         f"• SLA met: first response {_rate(sla['first_response'])}, resolution {_rate(sla['resolution'])} · "
         f"breaches open now: {sla['breaches_open']['requests']} requests",
-        f"• Disputes: median cycle {_duration(report['dispute_cycle']['median_seconds'])} "
+        f"• Disputes: median cycle {duration(report['dispute_cycle']['median_seconds'])} "
         f"({report['dispute_cycle']['count']} closed)",
         *money_lines,
     ]
@@ -82,14 +83,3 @@ def _rate(rate: dict[str, Any]) -> str:
     if rate.get("rate") is None:
         return "n/a"
     return f"{100 * float(rate['rate']):.0f}% ({rate['numerator']}/{rate['denominator']})"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    seconds = int(seconds)
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"

@@ -143,7 +143,7 @@ def digest_figures(store: Store, kind: Kind, first_day: date, now: datetime | No
     if period.until > moment:
         raise InvalidInput(f"the period {label} has not ended yet; a digest describes whole days that are over")
     current = compute_metrics(store, period, now=moment)
-    previous = compute_metrics(store, before, now=moment)
+    previous = compute_metrics(store, before, now=moment, figures_of_now=current.overall)
     with store.read() as session:
         top = _top_categories(session, period)
         mail = _mail(session, period)

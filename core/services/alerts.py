@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from core import sla_tracking
 from core.errors import NotFound
+from core.lifecycle import Status
 from core.models import Agent, Request, SlaCrossing, SlackAlert, SlackCard
 from core.services.common import parse_key
 from core.services.slack_state import CardPlace
@@ -143,7 +144,9 @@ def _state(clock: TargetClock | None, crossing: SlaCrossing,
         return "ended", None
     if clock.state == "met":
         return "met", clock.met_at
-    if clock.state == "paused":
+    if request.status in (Status.RESOLVED.value, Status.CLOSED.value):
+        return "ended", None  # resolved or closed without meeting this target (dismissed, merged)
+    if request.status == Status.WAITING_ON_CUSTOMER.value or clock.state == "paused":
         return "paused", None
     return "running", None
 

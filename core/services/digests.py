@@ -41,17 +41,10 @@ class RenderedDigest:
 
 
 @dataclass(frozen=True)
-class DigestView:
+class DigestView(RenderedDigest):
+    """A recorded digest: what was rendered, when and by whom, and how far posting it to Slack got."""
+
     id: int
-    kind: str
-    period: str
-    since: datetime
-    until: datetime
-    figures: dict[str, Any]
-    slack_text: str
-    email_subject: str
-    email_text: str
-    chart_png: bytes
     created_at: datetime
     created_by: str
     slack_channel: str | None
@@ -68,9 +61,12 @@ class DigestView:
 
     @classmethod
     def of(cls, row: Digest) -> DigestView:
-        return cls(row.id, row.kind, row.period, row.since, row.until, json.loads(row.figures), row.slack_text,
-                   row.email_subject, row.email_text, row.chart_png, row.created_at,
-                   row.created_by, row.slack_channel, row.slack_ts, row.chart_file_id)
+        return cls(
+            kind=row.kind, period=row.period, since=row.since, until=row.until, figures=json.loads(row.figures),
+            slack_text=row.slack_text, email_subject=row.email_subject, email_text=row.email_text,
+            chart_png=row.chart_png, id=row.id, created_at=row.created_at, created_by=row.created_by,
+            slack_channel=row.slack_channel, slack_ts=row.slack_ts, chart_file_id=row.chart_file_id,
+        )
 
 
 def find_digest(store: Store, kind: str, period: str) -> DigestView | None:

@@ -217,3 +217,16 @@ def test_a_failed_chart_upload_is_retried_without_posting_the_message_again(slac
     with slack.store.read() as session:
         statuses = session.execute(select(OutboxMessage.status).where(OutboxMessage.topic == "digest")).scalars()
         assert list(statuses) == ["sent"]
+
+
+def test_an_alert_of_a_request_closed_without_an_answer_says_it_ended(slack: RunningSlack,
+                                                                      fake_slack: FakeSlack) -> None:
+    key = email_request(slack)
+    slack.deliver()
+    slack.store.clock.set(at(5, 17, 1))
+    sweep(slack.store)
+    slack.deliver()
+    services.dismiss(slack.store, key, reason="A thank-you note.", actor=f.AGENT)
+    slack.deliver()
+    edits = [c.args for c in fake_slack.calls("chat.update") if c.ok and c.args["channel"] == ALERTS_CHANNEL]
+    assert edits and "No longer running: the request is closed" in edits[-1]["blocks"][0]["text"]["text"]

@@ -32,6 +32,7 @@ inspects from the main thread.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -137,6 +138,9 @@ class _State:
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
     home_views: dict[str, str] = field(default_factory=dict)
+    # Rate limits as Slack enforces them: method -> (calls per second per channel, burst), and the buckets.
+    limits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     # Files: id -> {"id", "filename", "length", "title", "content" (bytes), "channel", "thread_ts", "complete"}
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     used_trigger_ids: set[str] = field(default_factory=set)
@@ -299,6 +303,12 @@ class FakeSlack:
         """
         self._add_fault(_Fault(method, times, 429, "ratelimited", retry_after))
 
+    def limit_rate(self, method: str, per_second: float, *, burst: float = 1.0) -> None:
+        """Enforce a rate on ``method`` per channel, as Slack does for posting: a token bucket of ``burst``
+        refilled at ``per_second``; a call finding it empty gets 429 with the seconds until the next token."""
+        with self._cond:
+            self._state.limits[method] = (per_second, burst)
+
     def server_error(self, method: str | None = None, *, times: int = 1, status: int = 503) -> None:
         """Answer the next ``times`` calls with an HTTP 5xx and an HTML page, as a load balancer does."""
         if not 500 <= status <= 599:
@@ -459,11 +469,29 @@ class FakeSlack:
                 return 200, {}, {"ok": True}
             if method not in self._methods:
                 return 200, {}, {"ok": False, "error": "unknown_method"}
+            wait = self._rate_limited(method, str(args.get("channel") or args.get("channel_id") or ""))
+            if wait:
+                return 429, {"Retry-After": str(wait)}, {"ok": False, "error": "ratelimited"}
             auth_error = self._auth_error(method, authorization, args)
             if auth_error:
                 return 200, {}, {"ok": False, "error": auth_error}
             # A copy: the stored message or view changes later, the recorded answer must not.
             return 200, {}, _copy(self._methods[method](args))
+
+    def _rate_limited(self, method: str, channel: str) -> int:
+        """Whole seconds to wait before ``method`` may post to ``channel`` again; 0 when it may now."""
+        limit = self._state.limits.get(method)
+        if limit is None:
+            return 0
+        rate, burst = limit
+        now = time.monotonic()
+        tokens, counted = self._state.buckets.get((method, channel), (burst, now))
+        tokens = min(burst, tokens + (now - counted) * rate)
+        if tokens < 1.0:
+            self._state.buckets[(method, channel)] = (tokens, now)
+            return max(1, math.ceil((1.0 - tokens) / rate))
+        self._state.buckets[(method, channel)] = (tokens - 1.0, now)
+        return 0
 
     def _take_fault(self, method: str) -> _Fault | None:
         for fault in self._state.faults:

@@ -522,3 +522,26 @@ def test_async_app_ignores_token_when_a_client_is_given(async_stack: None, fake_
     tokenless = AsyncWebClient(base_url=fake_slack.base_url)
     with pytest.raises(BoltError, match="token"):
         AsyncApp(token=fake_slack.token, signing_secret=signing.DEFAULT_SIGNING_SECRET, client=tokenless)
+
+
+def test_a_rate_limit_per_channel_answers_429_with_the_wait(fake_slack: FakeSlack) -> None:
+    fake_slack.limit_rate("chat.postMessage", 1.0, burst=2)
+    bare = WebClient(token=fake_slack.token, base_url=fake_slack.base_url)  # no retry handlers
+    for _ in range(2):
+        assert bare.chat_postMessage(channel="C1", text="within the burst")["ok"]
+    with pytest.raises(SlackApiError) as refused:
+        bare.chat_postMessage(channel="C1", text="one too many")
+    assert refused.value.response.status_code == 429 and refused.value.response.headers["Retry-After"] == "1"
+    assert bare.chat_postMessage(channel="C2", text="another channel has its own bucket")["ok"]
+    time.sleep(1.05)
+    assert bare.chat_postMessage(channel="C1", text="a token came back")["ok"]
+
+
+def test_a_file_is_uploaded_in_three_steps_and_shared(fake_slack: FakeSlack) -> None:
+    bare = WebClient(token=fake_slack.token, base_url=fake_slack.base_url)
+    response = bare.files_upload_v2(channel="C1", content=b"\x89PNG...", filename="trend.png", title="Trend")
+    stored = fake_slack.file(response["file"]["id"])
+    assert stored is not None and stored["content"] == b"\x89PNG..." and stored["channel"] == "C1"
+    assert stored["title"] == "Trend" and stored["complete"]
+    assert [c.method for c in fake_slack.calls()] == ["files.getUploadURLExternal", "upload",
+                                                      "files.completeUploadExternal"]
