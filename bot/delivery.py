@@ -80,21 +80,54 @@ class DeliveryReport:
 
 
 class ChannelPacer:
-    """At most ``rate`` calls a second per channel after a burst of ``burst``: a token bucket per channel."""
+    """At most ``rate`` calls a second per channel after a burst of ``burst``: a token bucket per channel.
+
+    A ``429`` for a channel (:meth:`rate_limited`) means Slack allows it less
+    than we thought: its next call waits the ``Retry-After``, and its rate is
+    halved, then grows back by 2 % a call up to ``rate``. Without that, a
+    pacer set above Slack's real limit would meet a ``429`` at nearly every
+    call and wait a whole ``Retry-After`` each time.
+    """
+
+    RECOVERY = 1.02
+    FLOOR = 0.1  # calls a second; never slower than this
 
     def __init__(self, rate: float = 1.0, burst: int = 4) -> None:
         self._rate = rate
         self._burst = burst
         self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when counted)
+        self._rates: dict[str, float] = {}  # channels slowed down after a 429
+        self._last: str | None = None
 
     async def wait(self, channel: str) -> None:
+        rate = self._rates.get(channel, self._rate)
         tokens, counted = self._buckets.get(channel, (float(self._burst), time.monotonic()))
         now = time.monotonic()
-        tokens = min(float(self._burst), tokens + (now - counted) * self._rate)
+        tokens = min(float(self._burst), tokens + (now - counted) * rate)
         if tokens < 1.0:
-            await asyncio.sleep((1.0 - tokens) / self._rate)
+            await asyncio.sleep((1.0 - tokens) / rate)
             now, tokens = time.monotonic(), 1.0
         self._buckets[channel] = (tokens - 1.0, now)
+        self._last = channel
+        if channel in self._rates:
+            recovered = rate * self.RECOVERY
+            if recovered >= self._rate:
+                del self._rates[channel]
+            else:
+                self._rates[channel] = recovered
+
+    def rate_of(self, channel: str) -> float:
+        """Calls a second this channel is paced at now."""
+        return self._rates.get(channel, self._rate)
+
+    def rate_limited(self, retry_after: float, channel: str | None = None) -> None:
+        """Slack answered ``429`` to the last call (to ``channel``): wait ``retry_after``, then go slower."""
+        channel = channel or self._last
+        if channel is None:
+            return
+        rate = max(self.FLOOR, self._rates.get(channel, self._rate) / 2)
+        self._rates[channel] = rate
+        self._buckets[channel] = (1.0 - retry_after * rate, time.monotonic())
 
 
 class SlackDelivery:
@@ -285,6 +318,7 @@ class SlackDelivery:
         error = str(exc.response.get("error") or "") if exc.response is not None else ""
         if status == 429:
             after = _retry_after(exc)
+            self._pacer.rate_limited(after)
             await self._core.call(mark_retry, item.id, f"Slack rate limit; retry after {after} s", after)
             log.info("Slack asked to wait %d s before outbox row %d", after, item.id)
             return "retried"

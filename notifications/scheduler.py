@@ -44,6 +44,7 @@ ELECT_SECONDS = 10
 SWEEP_SECONDS = 60
 DIGEST_CATCH_UP_MINUTES = 30
 HOUSEKEEPING_MINUTES = 60
+HOUSEKEEPING_ROUNDS = 10  # batches of auto-close per run, at most
 MISFIRE_GRACE_SECONDS = 300
 
 DigestMaker = Callable[[Store, DueDigest, datetime], Awaitable[int | None]]
@@ -143,8 +144,13 @@ class Scheduler:
     async def housekeeping(self) -> None:
         settings = self._store.settings
         if settings.auto_close_days:
-            closed = await asyncio.to_thread(housekeeping.close_resolved, self._store,
-                                             after_days=settings.auto_close_days)
+            closed: list[str] = []
+            for _ in range(HOUSEKEEPING_ROUNDS):  # a desk that resolves more than a batch an hour keeps up
+                batch = await asyncio.to_thread(housekeeping.close_resolved, self._store,
+                                                after_days=settings.auto_close_days)
+                closed += batch
+                if len(batch) < housekeeping.BATCH:
+                    break
             if closed:
                 log.info("closed %d requests resolved more than %d days ago", len(closed), settings.auto_close_days)
                 self._outbox_written()

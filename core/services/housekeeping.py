@@ -24,7 +24,7 @@ BATCH = 200
 
 
 def close_resolved(store: Store, *, after_days: int, now: datetime | None = None, limit: int = BATCH) -> list[str]:
-    """Close up to ``limit`` requests resolved at least ``after_days`` days ago; their keys, oldest first.
+    """Close up to ``limit`` requests resolved at least ``after_days`` days ago; their keys.
 
     A customer reply to a resolved request reopens it; to a closed one it
     opens a new request. Closing therefore ends the window in which a reply
@@ -34,8 +34,10 @@ def close_resolved(store: Store, *, after_days: int, now: datetime | None = None
     cutoff = moment - timedelta(days=after_days)
     with store.read() as session:
         ids = list(session.execute(
+            # No ORDER BY: the rows come through the status index and the query stops at ``limit``,
+            # instead of sorting every resolved request of the store first.
             select(Request.id).where(Request.status == Status.RESOLVED.value, Request.resolved_at <= cutoff)
-            .order_by(Request.resolved_at, Request.id).limit(limit)
+            .limit(limit)
         ).scalars())
     closed = []
     for request_id in ids:
