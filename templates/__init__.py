@@ -71,13 +71,18 @@ def percent(rate: dict[str, Any] | None) -> str:
 
 
 def change(now: float | None, before: float | None, days_before: int = 1) -> str:
-    """How ``now`` compares with the daily average of ``before`` over ``days_before`` days: ``▲ 20%``, ``▼ 5%``, ``=``."""
+    """How ``now`` compares with the daily average of ``before`` over ``days_before`` days.
+
+    `` ▲ 20%``, `` ▼ 5%``, `` =``, with the space before it, or nothing at all
+    when there is nothing to compare (so a template writes it straight after
+    the figure).
+    """
     if now is None or before is None:
         return ""
     average = before / days_before if days_before else before
     if average == 0:
-        return "" if now == 0 else "(new)"
+        return "" if now == 0 else " (new)"
     ratio = (now - average) / average
     if abs(ratio) < 0.005:
-        return "="
-    return f"{'▲' if ratio > 0 else '▼'} {abs(ratio) * 100:.0f}%"
+        return " ="
+    return f" {'▲' if ratio > 0 else '▼'} {abs(ratio) * 100:.0f}%"

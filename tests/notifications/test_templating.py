@@ -89,3 +89,14 @@ def test_the_loader_refuses_paths_that_leave_the_folder() -> None:
     for name in ("../notifications/mail_render.py", "/etc/passwd", "email/missing.txt.j2"):
         with pytest.raises(TemplateNotFound):
             environment().get_template(name)
+
+
+def test_the_filters_format_figures_one_way() -> None:
+    from templates import change, duration, money, percent
+
+    assert (change(12, 70, 7), change(8, 70, 7), change(10, 70, 7)) == (" ▲ 20%", " ▼ 20%", " =")
+    assert (change(5, 0, 7), change(0, 0, 7), change(None, 3)) == (" (new)", "", "")
+    assert (duration(None), duration(59), duration(5400), duration(3 * 86400)) == ("n/a", "0 min", "1.5 h", "3.0 d")
+    assert money({"amount_minor": 12050, "currency": "EUR"}) == "120.50 EUR" and money(None) == "n/a"
+    assert percent({"rate": 0.8333, "numerator": 5, "denominator": 6}) == "83% (5/6)"
+    assert percent({"rate": None, "numerator": 0, "denominator": 0}) == "n/a"
