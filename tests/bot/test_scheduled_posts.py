@@ -165,10 +165,10 @@ def test_a_rate_limited_alert_is_retried_after_retry_after(slack: RunningSlack, 
     slack.deliver()
     slack.store.clock.set(at(5, 15))
     sweep(slack.store)
-    fake_slack.rate_limit("chat.postMessage", times=2, retry_after=3)  # the client itself waits out one
+    fake_slack.rate_limit("chat.postMessage", times=2, retry_after=1)  # the client itself waits out one
     report = slack.deliver()
     assert report.retried >= 1 and alert_posts(fake_slack) == []
-    slack.store.clock.advance(timedelta(seconds=3))
+    slack.store.clock.advance(timedelta(seconds=1))
     slack.deliver()
     assert len(alert_posts(fake_slack)) == 1
 

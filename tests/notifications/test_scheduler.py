@@ -107,11 +107,11 @@ def test_resolved_requests_close_after_seven_days_and_waiting_customers_are_remi
     services.resolve(store, done, note="Fixed.", actor=f.AGENT)
     services.claim(store, waiting, actor=f.AGENT)
     services.wait_on_customer(store, waiting, actor=f.AGENT)
-    walk(store, clock, at(3, 12), timedelta(hours=1), jobs=scheduler(store))
+    walk(store, clock, at(3, 12), timedelta(hours=2), jobs=scheduler(store))
     assert _reminders(store) == []  # 3 days are not over before Jan 4, 09:00
-    walk(store, clock, at(8, 8), timedelta(hours=1), jobs=scheduler(store))
+    walk(store, clock, at(8, 7), timedelta(hours=2), jobs=scheduler(store))
     assert _status(store, done) == "resolved" and len(_reminders(store)) == 1
-    walk(store, clock, at(9, 12), timedelta(hours=1), jobs=scheduler(store))
+    walk(store, clock, at(9, 12), timedelta(hours=2), jobs=scheduler(store))
     assert _status(store, done) == "closed" and len(_reminders(store)) == 1  # once per wait
     with store.read() as session:
         closing = session.execute(select(Event.actor, Event.data).where(Event.kind == "request.closed")).one()
@@ -129,7 +129,7 @@ def test_auto_close_and_reminders_can_be_switched_off(database: Database, clock:
         key = f.open_request(store).key
         services.claim(store, key, actor=f.AGENT)
         services.resolve(store, key, note="Fixed.", actor=f.AGENT)
-        walk(store, clock, at(20), timedelta(hours=6), jobs=scheduler(store))
+        walk(store, clock, at(10), timedelta(hours=12), jobs=scheduler(store))
         assert _status(store, key) == "resolved"
     finally:
         store.dispose()
