@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from core import migrate
@@ -67,18 +67,33 @@ def postgres_database() -> Iterator[str]:
     migrate.upgrade(engine)
     engine.dispose()
     yield url
+    reset = _RESET_ENGINES.pop(url, None)
+    if reset is not None:
+        reset.dispose()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
+_RESET_ENGINES: dict[str, Engine] = {}
+
+
 def _reset_postgres(url: str) -> None:
-    engine = create_engine(url)
+    """Empty every table and restart every sequence, as a fresh database has them.
+
+    DELETE, not TRUNCATE: on tables this small TRUNCATE costs some 100 ms a
+    test (it swaps every table's files), DELETE about 5 ms; over a thousand
+    PostgreSQL tests that is most of two minutes. Dependents go first.
+    """
+    engine = _RESET_ENGINES.get(url)
+    if engine is None:
+        engine = _RESET_ENGINES[url] = create_engine(url)  # one connection, kept until the database is dropped
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        for table in TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))
+        conn.execute(text("SELECT setval(c.oid, 1, false) FROM pg_class c WHERE c.relkind = 'S'"))
         conn.execute(text("INSERT INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, :h)"), {"h": "0" * 64})
         conn.execute(text("INSERT INTO counters (name, value) VALUES ('request', 0)"))
-    engine.dispose()
 
 
 @pytest.fixture(params=DATABASES)
