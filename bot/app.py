@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
@@ -91,12 +92,21 @@ def _bolt_logger() -> logging.Logger:
 class SlackPart:
     """The Slack app as one part of ``serve``: HTTP listener (and Socket Mode, if asked for) plus card delivery."""
 
-    def __init__(self, core: AsyncCore, settings: Settings, client: AsyncWebClient | None = None) -> None:
+    def __init__(self, core: AsyncCore, settings: Settings, client: AsyncWebClient | None = None,
+                 also_changed: Callable[[], None] | None = None) -> None:
+        """``also_changed`` is called with every change made in Slack too (serve wakes its e-mail delivery:
+        a reply written in Slack goes out at once)."""
         self.client = client or make_client(settings)
         self.delivery = SlackDelivery(core, self.client, triage_channel=settings.triage_channel,
                                       approvals_channel=settings.approvals_channel,
                                       alerts_channel=settings.alerts_channel, digest_channel=settings.digest_channel)
-        self.app = create_app(core, self.client, settings, changed=self.delivery.wake.set)
+
+        def changed() -> None:
+            self.delivery.wake.set()
+            if also_changed is not None:
+                also_changed()
+
+        self.app = create_app(core, self.client, settings, changed=changed)
         self.socket_mode = (SocketModeConnection(self.app, settings.slack_app_token, self.client)
                             if settings.slack_app_token else None)
         self.server = SlackHttpServer(self.app, settings.http_listen, store_ok=lambda: _store_ok(core),

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,11 +134,11 @@ def _tune_garbage_collection() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _slack_part(core: AsyncCore, settings: Settings) -> SlackPart:
+def _slack_part(core: AsyncCore, settings: Settings, also_changed: Callable[[], None]) -> SlackPart:
     """Imported only when Slack is configured: Bolt, slack-sdk and aiohttp cost some 20 MB of memory."""
     from bot.app import SlackPart
 
-    return SlackPart(core, settings)
+    return SlackPart(core, settings, also_changed=also_changed)
 
 
 def _safe_url(url: str) -> str:
@@ -184,7 +185,8 @@ async def _run(store: Store) -> None:
         await acceptor.close()
         core.close()
         raise InvalidInput(f"the SMTP listener cannot listen on {store.settings.smtp_listen}: {exc.strerror}") from exc
-    slack = _slack_part(core, store.settings) if slack_plan(store.settings).start else None
+    delivery_stop, email_wake = asyncio.Event(), asyncio.Event()
+    slack = _slack_part(core, store.settings, email_wake.set) if slack_plan(store.settings).start else None
     if slack is not None:
         try:
             await slack.start()
@@ -196,7 +198,6 @@ async def _run(store: Store) -> None:
             if isinstance(exc, InvalidInput):  # Slack refused the app token
                 raise
             raise InvalidInput(f"the Slack app cannot listen on {store.settings.http_listen}: {exc.strerror}") from exc
-    delivery_stop, email_wake = asyncio.Event(), asyncio.Event()
     delivery = loop.create_task(
         run_email_delivery(store, transport_for(store.settings), delivery_stop, wake=email_wake),
         name="email-delivery")

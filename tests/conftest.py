@@ -87,7 +87,8 @@ def _reset_postgres(url: str) -> None:
     """
     engine = _RESET_ENGINES.get(url)
     if engine is None:
-        engine = _RESET_ENGINES[url] = create_engine(url)  # one connection, kept until the database is dropped
+        # One connection, kept until the database is dropped; pinged first, as some tests cut every connection.
+        engine = _RESET_ENGINES[url] = create_engine(url, pool_pre_ping=True)
     with engine.begin() as conn:
         for table in TABLES:
             conn.execute(text(f"DELETE FROM {table}"))

@@ -183,7 +183,8 @@ def test_on_postgresql_a_dead_leaders_lock_goes_to_the_next_process(postgres_dat
         assert leader.try_acquire()  # still held, checked on its own connection
         with stores[1].engine.connect() as conn:  # the leader's backend dies (as with kill -9 of its process)
             conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks "
-                              "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"))
+                              "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
+                              "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"))
         assert other.try_acquire()
         assert not leader.try_acquire()  # it notices it lost the lock
         other.release()
