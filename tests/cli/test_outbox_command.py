@@ -10,27 +10,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from core import services
 from core.clock import FixedClock
 from core.services.outbox import claim_due, mark_failed, mark_sent
 from core.store import Store
 from tests.cli.conftest import Cli, dump_store
-from tests.factories import AGENT, open_request, seed
+from tests.core.test_outbox_view import queue_replies
+from tests.factories import AGENT
 
 ERROR = "550 5.1.1 <jane@acme.test>: Recipient address rejected: User unknown"
 FIELDS = ["id", "channel", "topic", "status", "request_key", "attempts", "created_at", "next_attempt_at",
           "sent_at", "last_error"]
-
-
-def queue_replies(store: Store, count: int) -> list[str]:
-    """Open ``count`` requests and reply on each: one e-mail outbox row per request. Returns the keys."""
-    seed(store)
-    keys = []
-    for n in range(count):
-        key = open_request(store, subject=f"Question {n}").key
-        services.reply(store, key, f"Answer {n}", actor=AGENT)
-        keys.append(key)
-    return keys
 
 
 def fail_oldest(store: Store, error: str = ERROR) -> int:
