@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from cli import mail_commands, metrics_command
 from cli import output, sla_command
-from cli import digest_command, outbox_command
+from cli import digest_command, doctor, outbox_command
 from core import migrate, queries, services
 from core.audit import verify_chain
 from core.errors import InvalidInput, SupportdeskError
@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         if args.handler is _serve:
             return _serve(args, settings)
+        if getattr(args, "settings_only", False):  # doctor: it opens (and judges) the store itself
+            return int(args.handler(args, settings))
         store = Store.open(settings)
         try:
             if args.handler is not _db_upgrade:
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sla_command.register(top)
     outbox_command.register(top)
     digest_command.register(top)
+    doctor.register(top)
 
     audit = top.add_parser("audit", help="the audit trail").add_subparsers(
         title="audit commands", metavar="ACTION", required=True)
