@@ -71,7 +71,8 @@ def diagnose(settings: Settings) -> list[Check]:
     return [
         check_database(settings),
         check_port("smtp listener", settings.smtp_listen, "SUPPORTDESK_SMTP_LISTEN"),
-        check_port("http listener", settings.http_listen, "SUPPORTDESK_HTTP_LISTEN"),
+        (check_port("http listener", settings.http_listen, "SUPPORTDESK_HTTP_LISTEN") if settings.slack_bot_token
+         else Check("http listener", "skip", f"{settings.http_listen} is used by the Slack app, not configured")),
         check_outgoing_mail(settings),
         *check_slack(settings),
         check_templates(),
