@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from cli.output import safe_url
 from core import migrate
 from core.errors import StoreUnavailable
 from core.digest import MATCHES
@@ -82,7 +83,7 @@ def diagnose(settings: Settings) -> list[Check]:
 def check_database(settings: Settings) -> Check:
     from sqlalchemy.engine import make_url
 
-    where = _safe_url(settings.database_url)
+    where = safe_url(settings.database_url)
     database = make_url(settings.database_url).database
     if settings.is_sqlite and database and database != ":memory:" and not Path(database).exists():
         # Opening it would create an empty file; say what to do instead.
@@ -155,9 +156,10 @@ def check_slack(settings: Settings) -> list[Check]:
     from slack_sdk import WebClient
     from slack_sdk.errors import SlackApiError, SlackClientError
 
-    url = settings.slack_api_url or "https://slack.com/api/"
-    client = WebClient(token=settings.slack_bot_token, base_url=url if url.endswith("/") else url + "/",
-                       timeout=int(TIMEOUT_SECONDS))
+    from bot.client import api_url
+
+    url = api_url(settings)
+    client = WebClient(token=settings.slack_bot_token, base_url=url, timeout=int(TIMEOUT_SECONDS))
     try:
         who = client.auth_test()
     except SlackApiError as exc:
@@ -238,9 +240,4 @@ def _samples() -> dict[str, dict[str, Any]]:
                                    mail={"filed": 0, "matched": {m: 0 for m in MATCHES}, "quarantined_now": 0}),
     }
 
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 

@@ -24,6 +24,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | N
         out.write(indent + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() + "\n")
 
 
+def safe_url(url: str) -> str:
+    """A database URL fit for a log or a screen: the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cli.output import safe_url
 from core import migrate
 from core.errors import InvalidInput
 from core.leadership import leader_lock
@@ -49,7 +50,7 @@ def plan_parts(settings: Settings) -> list[PartPlan]:
              else f"to the Maildir {settings.outgoing_maildir} (no SUPPORTDESK_OUTBOUND_SMTP set)")
     slack = slack_plan(settings)
     return [
-        PartPlan("store", True, f"{_safe_url(settings.database_url)}"),
+        PartPlan("store", True, safe_url(settings.database_url)),
         PartPlan("smtp listener", True,
                  f"on {settings.smtp_listen} for {', '.join(settings.support_addresses)}"),
         PartPlan("mail processor", True, "files accepted mail in a separate process"),
@@ -140,11 +141,6 @@ def _slack_part(core: AsyncCore, settings: Settings, also_changed: Callable[[], 
 
     return SlackPart(core, settings, also_changed=also_changed)
 
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def serve(settings: Settings) -> int:

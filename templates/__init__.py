@@ -31,7 +31,6 @@ def environment() -> Environment:
         loader=FileSystemLoader(TEMPLATE_ROOT),
         undefined=StrictUndefined,
         trim_blocks=True,
-        lstrip_blocks=False,
         keep_trailing_newline=True,
         autoescape=False,
     )
