@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from core.errors import StoreUnavailable
 from core.store import translate_store_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# pg_advisory_lock's key for schema changes; the scheduler's leader lock uses another.
+MIGRATION_LOCK_KEY = 0x5D_5C_4D_16_2A
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -24,12 +31,41 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` in one transaction per migration."""
+    """Bring the schema to ``revision`` in one transaction per migration.
+
+    Several ``serve`` processes may start at once on one database (after an
+    upgrade, say): they take turns, and each one after the first finds the
+    schema current and has nothing to do.
+    """
     config = alembic_config(engine)
-    with translate_store_errors(), engine.connect() as connection:
+    with translate_store_errors(), _one_migrator_at_a_time(engine), engine.connect() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
         connection.commit()
+
+
+@contextmanager
+def _one_migrator_at_a_time(engine: Engine) -> Iterator[None]:
+    """While the schema changes, an exclusive lock only another migrator waits for.
+
+    PostgreSQL: an advisory lock held on a connection of its own. SQLite: an
+    ``flock`` on a file beside the database (its own write lock is not
+    enough: two migrators both read "no schema" before either writes). The
+    kernel or the server drops either lock if its holder dies.
+    """
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:" or database.startswith("file::memory:"):
+            yield  # one process owns an in-memory database
+            return
+        with open(f"{os.path.abspath(database)}.migrate-lock", "ab") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            yield
+        return
+    with engine.connect() as lock_connection, lock_connection.begin():
+        # A transaction-level lock: it goes when this transaction ends, or with the connection if we die.
+        lock_connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        yield
 
 
 def head_revision() -> str:

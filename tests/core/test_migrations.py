@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,33 @@ def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
     with empty_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM audit_head")).scalar_one() == 1
         assert conn.execute(text("SELECT value FROM counters WHERE name = 'request'")).scalar_one() == 0
+
+
+def test_servers_starting_together_migrate_one_after_the_other(empty_engine: Engine) -> None:
+    """Two processes upgrading one empty database at the same moment: both succeed, the schema is made once."""
+    url = empty_engine.url.render_as_string(hide_password=False)
+    engines = [make_engine(url) for _ in range(3)]
+    start = threading.Barrier(len(engines))
+    failures: list[BaseException] = []
+
+    def upgrade(engine: Engine) -> None:
+        start.wait()
+        try:
+            migrate.upgrade(engine)
+        except BaseException as exc:  # noqa: BLE001 - collected and reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for engine in engines:
+        engine.dispose()
+    assert failures == []
+    assert migrate.current_revision(empty_engine) == migrate.head_revision()
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_head")).scalar_one() == 1
 
 
 def test_models_agree_with_migrations(empty_engine: Engine) -> None:
