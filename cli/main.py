@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from cli import mail_commands, metrics_command
 from cli import output, sla_command
 from cli import digest_command, doctor, outbox_command
+from cli import export_command
 from core import migrate, queries, services
 from core.audit import verify_chain
 from core.errors import InvalidInput, SupportdeskError
@@ -146,6 +147,8 @@ def _requests_parser(top: Any) -> None:
     p.add_argument("key")
     _json_flag(p)
     p.set_defaults(handler=_requests_show)
+
+    export_command.register(req)
 
     for name, help_text, fn in (
         ("reply", "send a reply to the customer (by e-mail)", services.reply),
