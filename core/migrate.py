@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, text
 
 from core.errors import StoreUnavailable
@@ -39,6 +40,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """
     config = alembic_config(engine)
     with translate_store_errors(), _one_migrator_at_a_time(engine), engine.connect() as connection:
+        _refuse_unknown(MigrationContext.configure(connection).get_current_revision())
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
         connection.commit()
@@ -68,6 +70,21 @@ def _one_migrator_at_a_time(engine: Engine) -> Iterator[None]:
         yield
 
 
+def _refuse_unknown(current: str | None) -> None:
+    """A schema made by a later version: say so, rather than "run db upgrade", which cannot help."""
+    if current is None:
+        return
+    try:
+        known = ScriptDirectory(str(MIGRATIONS)).get_revision(current) is not None
+    except CommandError:
+        known = False
+    if not known:
+        raise StoreUnavailable(
+            f"the database schema is at {current}, which this version of supportdesk does not know (its newest "
+            f"is {head_revision()}): a later version made it; run that version or a newer one"
+        )
+
+
 def head_revision() -> str:
     script = ScriptDirectory(str(MIGRATIONS))
     head = script.get_current_head()
@@ -83,6 +100,7 @@ def current_revision(engine: Engine) -> str | None:
 def require_current(engine: Engine) -> None:
     """Refuse to work on a database whose schema is missing or out of date."""
     current, head = current_revision(engine), head_revision()
+    _refuse_unknown(current)
     if current is None:
         raise StoreUnavailable("the database has no schema yet; run `supportdesk db upgrade` first")
     if current != head:

@@ -124,3 +124,14 @@ def test_plain_postgresql_url_uses_psycopg3() -> None:
     engine = make_engine("postgresql://postgres@127.0.0.1:5432/test")
     assert engine.dialect.driver == "psycopg"
     engine.dispose()
+
+
+def test_a_schema_made_by_a_later_version_is_refused_in_plain_words(empty_engine: Engine) -> None:
+    """Not "run db upgrade" (which cannot help) and not a traceback: run the version that made it."""
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
+    for attempt in (migrate.upgrade, migrate.require_current):
+        with pytest.raises(StoreUnavailable, match="0099_from_the_future, which this version of supportdesk does not know"):
+            attempt(empty_engine)
+    assert migrate.current_revision(empty_engine) == "0099_from_the_future"
