@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from cli import mail_commands, metrics_command
 from cli import output, sla_command
-from cli import digest_command, doctor, outbox_command
+from cli import backup_command, digest_command, doctor, outbox_command
 from cli import export_command
 from core import migrate, queries, services
 from core.audit import verify_chain
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      required=True)
     up = db.add_parser("upgrade", help="create or migrate the schema to this version")
     up.set_defaults(handler=_db_upgrade)
+    backup_command.register(db)
 
     imports = top.add_parser("import", help="load the customer master, invoices or agents from CSV")
     imp = imports.add_subparsers(title="what to import", metavar="KIND", required=True)
