@@ -75,8 +75,10 @@ def _export(args: argparse.Namespace, store: Store) -> int:
         print(f"{record.request.key} exported to {args.output} ({fmt}, {len(record.timeline)} events; "
               f"audit chain {chain} up to #{record.head_seq})")
     if not record.chain.ok:
+        # The record is written all the same (it is the evidence), but like `audit verify` the exit status says so.
         print(f"supportdesk: warning: the audit chain does not verify ({record.chain.problem}); "
               f"the record says so; run `supportdesk audit verify`", file=sys.stderr)
+        return 1
     return 0
 
 

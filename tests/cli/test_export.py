@@ -316,7 +316,7 @@ def test_a_tampered_trail_is_exported_and_said_to_fail(desk: dict[str, Any], sto
 
     result = desk["cli"]("requests", "export", "SR-1", "-o", str(target))
 
-    assert result.code == 0 and "audit chain NOT verified" in result.out
+    assert result.code == 1 and "audit chain NOT verified" in result.out
     assert result.err == (f"supportdesk: warning: the audit chain does not verify (event {seq} was altered: its "
                           "contents do not match its hash); the record says so; run `supportdesk audit verify`\n")
     html = target.read_text(encoding="utf-8")
