@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
@@ -39,7 +40,8 @@ class RequestFilter:
     limit: int = DEFAULT_LIMIT
 
 
-def _request_options():  # type: ignore[no-untyped-def]
+def request_view_options() -> tuple[Any, ...]:
+    """The relationships a RequestView reads, loaded with the request (requests list, show and export)."""
     return (
         selectinload(Request.customer),
         selectinload(Request.assignee),
@@ -52,7 +54,7 @@ def _request_options():  # type: ignore[no-untyped-def]
 
 def list_requests(store: Store, where: RequestFilter = RequestFilter()) -> list[RequestView]:
     """Newest first. ``status`` may be a state, ``open`` (not resolved or closed) or ``all``."""
-    query = select(Request).options(*_request_options()).order_by(Request.number.desc()).limit(where.limit)
+    query = select(Request).options(*request_view_options()).order_by(Request.number.desc()).limit(where.limit)
     if where.status and where.status != "all":
         if where.status == "open":
             query = query.where(Request.status.not_in([Status.RESOLVED.value, Status.CLOSED.value]))
@@ -83,7 +85,7 @@ def get_request_detail(store: Store, key: str) -> RequestDetail:
     number = parse_key(key)
     with store.read() as session:
         request = session.execute(
-            select(Request).options(*_request_options()).where(Request.number == number)
+            select(Request).options(*request_view_options()).where(Request.number == number)
         ).scalar_one_or_none()
         if request is None:
             raise NotFound(f"there is no request SR-{number}")
@@ -157,7 +159,7 @@ def breached_requests(store: Store, limit: int = DEFAULT_LIMIT) -> list[RequestV
     )
     with store.read() as session:
         rows = session.execute(
-            select(Request).options(*_request_options())
+            select(Request).options(*request_view_options())
             .join(earliest, earliest.c.request_id == Request.id)
             .order_by(earliest.c.due, Request.id)
         ).scalars()
@@ -225,7 +227,7 @@ def customer_summary(store: Store, external_ref: str, limit: int = 20) -> Custom
         if customer is None:
             raise NotFound(f"there is no customer with reference {ref!r}")
         requests = session.execute(
-            select(Request).options(*_request_options())
+            select(Request).options(*request_view_options())
             .where(Request.customer_id == customer.id, Request.status.not_in([s.value for s in DONE_STATES]))
             .order_by(Request.number.desc()).limit(limit)
         ).scalars()

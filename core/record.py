@@ -32,7 +32,7 @@ from core.errors import NotFound
 from core.event_text import summarize
 from core.models import Agent, Approval, Attachment, AuditHead, Event, Invoice, Message, ReceivedMail, Request
 # The same loading as `requests show`, so the request's fields are read the same way.
-from core.queries import _request_options
+from core.queries import request_view_options
 from core.services.common import AGENT_ACTOR_PREFIX, parse_key
 from core.store import Store
 from core.views import (
@@ -276,7 +276,7 @@ def read_request_record(store: Store, key: str) -> RequestRecord:
             # One snapshot for every statement below: the hashes, the head and the chain check agree.
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         request = session.execute(
-            select(Request).options(*_request_options()).where(Request.number == number)
+            select(Request).options(*request_view_options()).where(Request.number == number)
         ).scalar_one_or_none()
         if request is None:
             raise NotFound(f"there is no request SR-{number}")
