@@ -168,6 +168,7 @@ class FakeSlack:
             "apps.connections.open": self._apps_connections_open,
             "chat.postMessage": self._chat_post_message,
             "chat.update": self._chat_update,
+            "chat.delete": self._chat_delete,
             "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.getPermalink": self._chat_get_permalink,
             "files.getUploadURLExternal": self._files_get_upload_url,
@@ -555,6 +556,15 @@ class FakeSlack:
             message["blocks"] = args["blocks"]
         message["edited"] = {"user": self.workspace.bot_user_id, "ts": self._next_ts()}
         return {"ok": True, "channel": channel, "ts": ts, "text": message.get("text", ""), "message": message}
+
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The app deletes a card it posted twice (two workers raced); the message is gone afterwards."""
+        channel, ts = str(args.get("channel", "")), str(args.get("ts", ""))
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if self._state.messages.pop((channel, ts), None) is None:
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": channel, "ts": ts}
 
     def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         error = _post_arguments_error(args)

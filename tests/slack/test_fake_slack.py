@@ -225,6 +225,13 @@ def test_seeded_messages_can_be_updated_and_keep_blocks_unless_sent(client: WebC
     assert fake_slack.message("C1", ts)["blocks"] == []  # type: ignore[index]
 
 
+def test_chat_delete_removes_the_message_once(client: WebClient, fake_slack: FakeSlack) -> None:
+    posted = client.chat_postMessage(channel="C1", text="a duplicate card")
+    assert client.chat_delete(channel="C1", ts=posted["ts"])["ts"] == posted["ts"]
+    assert fake_slack.message("C1", posted["ts"]) is None
+    assert api_error(lambda: client.chat_delete(channel="C1", ts=posted["ts"])).response["error"] == "message_not_found"
+
+
 def test_a_wrong_or_missing_token_is_refused(fake_slack: FakeSlack) -> None:
     wrong = WebClient(token="xoxb-not-ours", base_url=fake_slack.base_url)
     assert api_error(wrong.auth_test).response["error"] == "invalid_auth"
