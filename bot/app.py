@@ -9,8 +9,10 @@ reach the store only through core's service functions on the database pool.
 Slack's requests arrive one of two ways, with everything else the same:
 HTTP mode (Slack posts signed requests to ``/slack/events``) or, when
 ``SLACK_APP_TOKEN`` is set, Socket Mode (:mod:`bot.socket_mode`: the app
-opens a WebSocket to Slack and the requests come over it). The HTTP listener
-runs in both, for ``/health``.
+opens a WebSocket to Slack and the requests come over it). In ``serve`` the
+HTTP listener is serve's own (it answers ``/health`` and ``/metrics`` with
+or without Slack) and mounts :attr:`SlackPart.events_handler`; by itself
+the part runs a listener of its own.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import actions, commands, events, home
-from bot.client import make_client
+from bot.client import SlackApiCounters, make_client
 from bot.delivery import SlackDelivery
 from bot.guard import make_middleware
-from bot.server import SlackHttpServer
+from bot.server import Handler, SlackHttpServer, events_handler
 from bot.socket_mode import SocketModeConnection
 from core.errors import InvalidInput
 from core.facade import AsyncCore
@@ -90,13 +92,16 @@ def _bolt_logger() -> logging.Logger:
 
 
 class SlackPart:
-    """The Slack app as one part of ``serve``: HTTP listener (and Socket Mode, if asked for) plus card delivery."""
+    """The Slack app as one part of ``serve``: Slack's requests (over HTTP or Socket Mode) plus card delivery."""
 
     def __init__(self, core: AsyncCore, settings: Settings, client: AsyncWebClient | None = None,
-                 also_changed: Callable[[], None] | None = None) -> None:
+                 also_changed: Callable[[], None] | None = None, *, own_listener: bool = True) -> None:
         """``also_changed`` is called with every change made in Slack too (serve wakes its e-mail delivery:
-        a reply written in Slack goes out at once)."""
-        self.client = client or make_client(settings)
+        a reply written in Slack goes out at once). ``own_listener=False`` (serve) starts no HTTP listener:
+        the caller mounts :attr:`events_handler` on its own."""
+        # Every failed answer of the Web API, for serve's metrics (only of the client made here).
+        self.api_counters = SlackApiCounters()
+        self.client = client or make_client(settings, self.api_counters)
         self.delivery = SlackDelivery(core, self.client, triage_channel=settings.triage_channel,
                                       approvals_channel=settings.approvals_channel,
                                       alerts_channel=settings.alerts_channel, digest_channel=settings.digest_channel)
@@ -109,8 +114,14 @@ class SlackPart:
         self.app = create_app(core, self.client, settings, changed=changed)
         self.socket_mode = (SocketModeConnection(self.app, settings.slack_app_token, self.client)
                             if settings.slack_app_token else None)
-        self.server = SlackHttpServer(self.app, settings.http_listen, store_ok=lambda: _store_ok(core),
-                                      slack_posts=self.socket_mode is None)
+        # Slack posts its requests here in HTTP mode; None in Socket Mode (nothing would verify a post).
+        self.events_handler: Handler | None = events_handler(self.app) if self.socket_mode is None else None
+        self.server: SlackHttpServer | None = None
+        if own_listener:
+            if settings.http_listen is None:
+                raise InvalidInput("SUPPORTDESK_HTTP_LISTEN is off; the Slack app's HTTP listener needs an address")
+            self.server = SlackHttpServer(self.app, settings.http_listen, store_ok=lambda: _store_ok(core),
+                                          slack_posts=self.socket_mode is None)
         self._stop = asyncio.Event()
         self._delivery_task: asyncio.Task[None] | None = None
 
@@ -120,12 +131,14 @@ class SlackPart:
         Raises ``OSError`` when the HTTP listener cannot listen, ``InvalidInput``
         when Slack refuses the app token; nothing is left running then.
         """
-        await self.server.start()
+        if self.server is not None:
+            await self.server.start()
         if self.socket_mode is not None:
             try:
                 await self.socket_mode.start()
             except BaseException:
-                await self.server.stop()
+                if self.server is not None:
+                    await self.server.stop()
                 raise
         if run_delivery:
             self._delivery_task = asyncio.get_running_loop().create_task(self.delivery.run(self._stop),
@@ -135,7 +148,8 @@ class SlackPart:
         """Stop taking requests, then let the delivery finish the pass it is in."""
         if self.socket_mode is not None:
             await self.socket_mode.stop()
-        await self.server.stop()
+        if self.server is not None:
+            await self.server.stop()
         self._stop.set()
         if self._delivery_task is not None:
             await self._delivery_task

@@ -1,9 +1,12 @@
-"""The Slack app's HTTP listener: ``POST /slack/events`` for Slack, ``GET /health`` for whoever watches us.
+"""Slack's requests over HTTP: the ``POST /slack/events`` handler, and a listener of its own for the Slack part alone.
 
-aiohttp in ``serve``'s own event loop (no second thread, no development
-server): Bolt's adapter hands it each request with the raw body, so the
-signature is checked on exactly the bytes Slack signed. The health answer is
-cheap on purpose: it says the process answers and whether the store does.
+:func:`events_handler` turns an aiohttp request into a Bolt request and
+back: Bolt's adapter hands it the raw body, so the signature is checked on
+exactly the bytes Slack signed. ``serve`` mounts that handler on its own
+HTTP listener (``cli.http_listener``, which also answers ``/health`` and
+``/metrics`` with or without Slack); :class:`SlackHttpServer` runs the Slack
+part by itself (as the bot's tests do), with a cheap ``/health`` that says
+the process answers and whether the store does.
 
 In Socket Mode Slack's requests come over the app's own WebSocket and the
 app verifies no signatures, so ``/slack/events`` is not offered at all (a
@@ -30,6 +33,18 @@ HEALTH_PATH = "/health"
 MAX_BODY_BYTES = 1024 * 1024
 
 HealthCheck = Callable[[], Awaitable[bool]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def events_handler(app: AsyncApp) -> Handler:
+    """The ``POST /slack/events`` handler of ``app``, for whichever aiohttp application mounts it."""
+
+    async def slack_events(request: web.Request) -> web.StreamResponse:
+        bolt_request = await to_bolt_request(request)
+        bolt_response = await app.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    return slack_events
 
 
 class SlackHttpServer:
@@ -52,7 +67,7 @@ class SlackHttpServer:
     async def start(self) -> None:
         web_app = web.Application(client_max_size=MAX_BODY_BYTES)
         if self._slack_posts:
-            web_app.router.add_post(EVENTS_PATH, self._slack)
+            web_app.router.add_post(EVENTS_PATH, events_handler(self._app))
         web_app.router.add_get(HEALTH_PATH, self._health)
         self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -67,11 +82,6 @@ class SlackHttpServer:
         if self._runner is not None:
             await asyncio.wait_for(self._runner.cleanup(), timeout=grace_seconds + 5)
             self._runner = None
-
-    async def _slack(self, request: web.Request) -> web.Response:
-        bolt_request = await to_bolt_request(request)
-        bolt_response = await self._app.async_dispatch(bolt_request)
-        return await to_aiohttp_response(bolt_response)
 
     async def _health(self, _request: web.Request) -> web.Response:
         try:

@@ -72,8 +72,7 @@ def diagnose(settings: Settings) -> list[Check]:
     return [
         check_database(settings),
         check_port("smtp listener", settings.smtp_listen, "SUPPORTDESK_SMTP_LISTEN"),
-        (check_port("http listener", settings.http_listen, "SUPPORTDESK_HTTP_LISTEN") if settings.slack_bot_token
-         else Check("http listener", "skip", f"{settings.http_listen} is used by the Slack app, not configured")),
+        check_http_listener(settings),
         check_outgoing_mail(settings),
         *check_slack(settings),
         check_templates(),
@@ -102,6 +101,17 @@ def check_database(settings: Settings) -> Check:
         return Check("database", "FAIL", f"{where} is at revision {current}, this version needs {head}: "
                                          "run `supportdesk db upgrade`")
     return Check("database", "ok", f"{where}, schema at revision {current} (current)")
+
+
+def check_http_listener(settings: Settings) -> Check:
+    """serve listens there for /health and /metrics (and Slack's posts in HTTP mode) unless it is off."""
+    if settings.http_listen is not None:
+        return check_port("http listener", settings.http_listen, "SUPPORTDESK_HTTP_LISTEN")
+    if settings.slack_bot_token and settings.slack_signing_secret and not settings.slack_app_token:
+        return Check("http listener", "FAIL", "SUPPORTDESK_HTTP_LISTEN is off, but the Slack app in HTTP mode "
+                                              "needs it for /slack/events: set an address, or SLACK_APP_TOKEN "
+                                              "for Socket Mode")
+    return Check("http listener", "skip", "SUPPORTDESK_HTTP_LISTEN is off: serve answers no /health or /metrics")
 
 
 def check_port(name: str, where: HostPort, setting: str) -> Check:

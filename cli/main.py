@@ -21,6 +21,7 @@ from cli import export_command
 from core import migrate, queries, services
 from core.audit import verify_chain
 from core.errors import InvalidInput, SupportdeskError
+from core.log_format import configure_logging
 from core.money import parse_amount
 from core.queries import RequestFilter
 from core.settings import Settings, load_settings
@@ -37,17 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    logging.basicConfig(
-        # serve reports what it does in its log; other commands speak through their output.
-        level=logging.DEBUG if args.verbose else logging.INFO if args.handler is _serve else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        # aiosmtpd logs every SMTP command; our listener logs one line per message instead.
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         settings = load_settings()
+        _configure_logging(args, settings)
         if args.handler is _serve:
             return _serve(args, settings)
         if getattr(args, "settings_only", False):  # doctor: it opens (and judges) the store itself
@@ -68,6 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`supportdesk requests list | head`): stop quietly.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         return 141
+
+
+def _configure_logging(args: argparse.Namespace, settings: Settings) -> None:
+    """Once the settings are read (they choose the format): text lines, or JSON lines for a log shipper."""
+    configure_logging(
+        # serve reports what it does in its log; other commands speak through their output.
+        logging.DEBUG if args.verbose else logging.INFO if args.handler is _serve else logging.WARNING,
+        settings.log_format,
+    )
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # aiosmtpd logs every SMTP command; our listener logs one line per message instead.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:

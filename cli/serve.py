@@ -5,6 +5,8 @@ that is configured and says, for each one that does not start, why not. It
 runs until SIGTERM or SIGINT. The SMTP listener, its commits and e-mail
 delivery share the event loop; filing accepted mail (parsing is CPU work)
 runs in a child process the loop supervises, so the listener keeps a core.
+The HTTP listener (``/health``, ``/metrics``, and ``/slack/events`` when
+Slack runs in HTTP mode) is serve's own, so it answers with or without Slack.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cli.http_listener import HttpListener
 from cli.output import safe_url
+from cli.vitals import ServeVitals
 from core import migrate
 from core.errors import InvalidInput
 from core.leadership import leader_lock
@@ -98,6 +103,10 @@ def slack_plan(settings: Settings) -> PartPlan:
                                             "(or SLACK_BOT_TOKEN and SLACK_APP_TOKEN for Socket Mode)")
     if missing:
         return PartPlan("slack app", False, f"not configured: {' and '.join(missing)} unset")
+    if settings.http_listen is None:
+        return PartPlan("slack app", False, "SUPPORTDESK_HTTP_LISTEN is off, and in HTTP mode Slack posts to "
+                                            "/slack/events on it: set an address (or SLACK_APP_TOKEN for "
+                                            "Socket Mode)")
     return PartPlan("slack app", True, f"HTTP on {settings.http_listen}, Slack posts to /slack/events; "
                                        f"health at /health; cards in {settings.triage_channel}")
 
@@ -111,9 +120,21 @@ def _socket_mode_plan(settings: Settings) -> PartPlan:
                      ("SUPPORTDESK_TRIAGE_CHANNEL", settings.triage_channel))
     if missing:
         return PartPlan("slack app", False, f"not configured for Socket Mode: {' and '.join(missing)} unset")
+    health = (f"health at http://{settings.http_listen}/health" if settings.http_listen is not None
+              else "no health endpoint (SUPPORTDESK_HTTP_LISTEN is off)")
     return PartPlan("slack app", True, f"in Socket Mode: the app connects to Slack, no public URL needed; "
-                                       f"health at http://{settings.http_listen}/health; "
-                                       f"cards in {settings.triage_channel}")
+                                       f"{health}; cards in {settings.triage_channel}")
+
+
+def http_plan(settings: Settings) -> PartPlan:
+    """Whether the HTTP listener starts, and where health and metrics answer. Pure."""
+    listen = settings.http_listen
+    if listen is None:
+        return PartPlan("http listener", False, "SUPPORTDESK_HTTP_LISTEN is off: no /health and no /metrics")
+    slack = slack_plan(settings)
+    events = "; Slack posts to /slack/events" if slack.start and not settings.slack_app_token else ""
+    return PartPlan("http listener", True, f"on {listen}: health at http://{listen}/health, "
+                                           f"metrics at http://{listen}/metrics{events}")
 
 
 def _unset(*settings: tuple[str, str | None]) -> list[str]:
@@ -136,10 +157,13 @@ def _tune_garbage_collection() -> None:
 
 
 def _slack_part(core: AsyncCore, settings: Settings, also_changed: Callable[[], None]) -> SlackPart:
-    """Imported only when Slack is configured: Bolt, slack-sdk and aiohttp cost some 20 MB of memory."""
+    """Imported only when Slack is configured: Bolt and slack-sdk cost some 20 MB of memory.
+
+    Its HTTP route is mounted on serve's own listener, which runs without Slack too.
+    """
     from bot.app import SlackPart
 
-    return SlackPart(core, settings, also_changed=also_changed)
+    return SlackPart(core, settings, also_changed=also_changed, own_listener=False)
 
 
 
@@ -151,7 +175,7 @@ def serve(settings: Settings) -> int:
     try:
         migrate.upgrade(store.engine)
         store.ping()
-        for part in plan_parts(settings):
+        for part in (*plan_parts(settings), http_plan(settings)):
             if part.start:
                 log.info("%s: started (%s)", part.name, part.reason)
             else:
@@ -164,38 +188,33 @@ def serve(settings: Settings) -> int:
 
 
 async def _run(store: Store) -> None:
+    settings = store.settings
     core = AsyncCore(store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    processor = ProcessorProcess(store.settings)
+    processor = ProcessorProcess(settings)
     processor.start()
     acceptor = Acceptor(store, on_committed=processor.wake)
     acceptor.start()
-    gateway = SmtpGateway(store.settings, acceptor)
+    gateway = SmtpGateway(settings, acceptor)
+    delivery_stop, email_wake = asyncio.Event(), asyncio.Event()
+    slack = _slack_part(core, settings, email_wake.set) if slack_plan(settings).start else None
+    vitals = ServeVitals(core, gateway.counters, processor,
+                         slack_mode=("off" if slack is None else "socket_mode" if slack.socket_mode else "http"),
+                         slack_counters=slack.api_counters if slack is not None else None)
+    listener = (HttpListener(settings.http_listen, vitals, slack_events=slack.events_handler if slack else None)
+                if settings.http_listen is not None else None)
     try:
-        await gateway.start()
-    except OSError as exc:
+        await _start_listening(settings, gateway, listener, slack)
+    except BaseException:
         processor.stop()
         await acceptor.close()
         core.close()
-        raise InvalidInput(f"the SMTP listener cannot listen on {store.settings.smtp_listen}: {exc.strerror}") from exc
-    delivery_stop, email_wake = asyncio.Event(), asyncio.Event()
-    slack = _slack_part(core, store.settings, email_wake.set) if slack_plan(store.settings).start else None
-    if slack is not None:
-        try:
-            await slack.start()
-        except (OSError, InvalidInput) as exc:
-            await gateway.stop()
-            processor.stop()
-            await acceptor.close()
-            core.close()
-            if isinstance(exc, InvalidInput):  # Slack refused the app token
-                raise
-            raise InvalidInput(f"the Slack app cannot listen on {store.settings.http_listen}: {exc.strerror}") from exc
+        raise
     delivery = loop.create_task(
-        run_email_delivery(store, transport_for(store.settings), delivery_stop, wake=email_wake),
+        run_email_delivery(store, transport_for(settings), delivery_stop, wake=email_wake),
         name="email-delivery")
 
     def outbox_written() -> None:
@@ -205,6 +224,7 @@ async def _run(store: Store) -> None:
 
     scheduler = Scheduler(store, leader_lock(store), outbox_written=outbox_written)
     scheduler.start()
+    vitals.scheduler = scheduler
     _tune_garbage_collection()
     log.info("supportdesk is running; stop it with Ctrl-C or SIGTERM")
     try:
@@ -216,6 +236,9 @@ async def _run(store: Store) -> None:
     finally:
         log.info("stopping: finishing mail in transfer, then the mail processor and deliveries")
         await scheduler.stop()
+        vitals.scheduler = None
+        if listener is not None:
+            await listener.stop()
         if slack is not None:
             await slack.stop()
         await gateway.stop()
@@ -227,3 +250,31 @@ async def _run(store: Store) -> None:
         counters = gateway.counters
         log.info("mail: %d accepted, %d recipients refused, %d temporary failures, %d sessions refused (busy)",
                  counters.accepted, counters.rejected_recipients, counters.temporary_failures, counters.refused_busy)
+
+
+async def _start_listening(settings: Settings, gateway: SmtpGateway, listener: HttpListener | None,
+                           slack: SlackPart | None) -> None:
+    """SMTP, then HTTP, then Slack; a part that cannot start stops those started before it, and says why."""
+    try:
+        await gateway.start()
+    except OSError as exc:
+        raise InvalidInput(f"the SMTP listener cannot listen on {settings.smtp_listen}: {exc.strerror}") from exc
+    try:
+        if listener is not None:
+            try:
+                await listener.start()
+            except OSError as exc:
+                # asyncio words it "error while attempting to bind on address (...)": say just the reason.
+                reason = os.strerror(exc.errno) if exc.errno else exc.strerror
+                raise InvalidInput(f"the HTTP listener cannot listen on {settings.http_listen}: {reason} "
+                                   "(set SUPPORTDESK_HTTP_LISTEN to a free address, or off)") from exc
+        if slack is not None:
+            try:
+                await slack.start()  # InvalidInput when Slack refuses the app token
+            except BaseException:
+                if listener is not None:
+                    await listener.stop()
+                raise
+    except BaseException:
+        await gateway.stop()
+        raise

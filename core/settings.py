@@ -44,7 +44,8 @@ class Settings:
     support_addresses: tuple[str, ...] = ("support@localhost",)
     outbound_smtp: HostPort | None = None
     outgoing_maildir: Path = Path("./outgoing-mail")
-    http_listen: HostPort = HostPort("127.0.0.1", 3000)
+    # None: no HTTP listener (``SUPPORTDESK_HTTP_LISTEN=off``), possible unless Slack runs in HTTP mode.
+    http_listen: HostPort | None = HostPort("127.0.0.1", 3000)
     slack_bot_token: str | None = field(default=None, repr=False)
     slack_signing_secret: str | None = field(default=None, repr=False)
     slack_app_token: str | None = field(default=None, repr=False)
@@ -70,6 +71,8 @@ class Settings:
     invoice_pattern: str | None = None
     new_requests_per_sender_hour: int = 20
     acks_per_sender_hour: int = 3
+    # How serve and the commands log: "text" (one readable line) or "json" (one object a line).
+    log_format: str = "text"
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -95,6 +98,9 @@ _INT_FIELDS = {
     "auto_close_days": (0, 3650),
     "waiting_reminder_days": (0, 3650),
 }
+_LOG_FORMATS = ("text", "json")
+# SUPPORTDESK_HTTP_LISTEN values that turn the HTTP listener off.
+_OFF = ("", "off")
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 # variable name -> (field name, parser)
@@ -108,8 +114,15 @@ _PLAIN_ENV = {
 
 def _parse_field(name: str, raw: Any) -> Any:
     env_name = _env_name(name)
+    if name == "http_listen" and str(raw).strip().lower() in _OFF:
+        return None
     if name in ("smtp_listen", "http_listen"):
         return parse_host_port(str(raw), env_name)
+    if name == "log_format":
+        text = str(raw).strip().lower()
+        if text not in _LOG_FORMATS:
+            raise InvalidInput(f"{env_name}={raw!r} must be text or json")
+        return text
     if name == "outbound_smtp":
         return parse_host_port(str(raw), env_name) if str(raw).strip() else None
     if name == "support_addresses":

@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Union
 
 from core.errors import StoreUnavailable
+from core.log_format import configure_logging
 from core.services.correspondence import InboundMail, NewAttachment
 from core.services.mail_intake import (
     FilingResult,
@@ -473,9 +474,14 @@ class ProcessorProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def is_alive(self) -> bool:
+        """Whether the child runs now (serve's health answer says so; :meth:`check` restarts a dead one)."""
+        return self._process is not None and bool(self._process.is_alive())
+
 
 def _child_main(settings: Settings, wake: Connection, stop: multiprocessing.synchronize.Event) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO, settings.log_format)  # a spawned process: serve's log set-up is not inherited
     started = time.monotonic()
     run_processor(settings, wake, stop)
     log.info("mail processor stopped after %.0f s", time.monotonic() - started)

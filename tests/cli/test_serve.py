@@ -66,7 +66,7 @@ def test_plan_hides_the_database_password() -> None:
 def test_serve_migrates_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "serve.db"
     env = {**os.environ, "SUPPORTDESK_DATABASE_URL": f"sqlite:///{db}", "PYTHONUNBUFFERED": "1",
-           "SUPPORTDESK_SMTP_LISTEN": f"127.0.0.1:{free_port()}"}
+           "SUPPORTDESK_SMTP_LISTEN": f"127.0.0.1:{free_port()}", "SUPPORTDESK_HTTP_LISTEN": f"127.0.0.1:{free_port()}"}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
