@@ -17,13 +17,14 @@ a colleague, on another node.
 Nothing here reaches into a node. What happened is read from what the clients
 were told, what the fake Slack and the mail sink recorded, and the store
 (:class:`Inspection`), and :func:`mail_problems`, :func:`claim_problems`,
-:func:`card_problems` and :func:`duplicate_events` say what is wrong in words.
+:func:`card_problems` and :meth:`Inspection.duplicate_events` say what is wrong in words.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import queue
 import re
@@ -101,8 +102,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats
-    return ordered[int(rank) - 1]
+    return ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
 
 
 # --- databases and the store --------------------------------------------------------------------------
@@ -250,7 +250,6 @@ class MailLedger:
 
     sent: list[str] = field(default_factory=list)
     acked: dict[str, str] = field(default_factory=dict)  # marker -> name of the node that answered 250
-    acked_at: dict[str, float] = field(default_factory=dict)  # marker -> time.monotonic() of the 250
     refused: dict[str, str] = field(default_factory=dict)  # marker -> a permanent (5xx) answer
     latencies: list[float] = field(default_factory=list)  # seconds from DATA to the final reply
     failed_attempts: int = 0
@@ -316,7 +315,6 @@ class MailTraffic:
                     continue
                 with self._ledger.lock:
                     self._ledger.acked[mail.marker] = node.name
-                    self._ledger.acked_at[mail.marker] = time.monotonic()
                     self._ledger.latencies.append(took)
                 break
         for session in sessions.values():
@@ -374,7 +372,7 @@ def mail_problems(ledger: MailLedger, stored: list[str], filed: list[str]) -> li
 class Click:
     """One signed click as Slack would post it, and what the node answered."""
 
-    id: str  # names the click's response_url (and trigger_id), so its fate can be found at the fake
+    id: str  # names the click's response_url, so its fate can be found at the fake
     action: str
     key: str
     user: SlackUser
@@ -382,29 +380,24 @@ class Click:
     status: int | None  # None: no answer at all (connection refused, timed out)
     latency: float  # seconds from sending the request to reading the answer
     answered_at: float  # time.monotonic()
-
-    @property
-    def trigger_id(self) -> str:
-        return trigger_of(self.id)
-
-
-def trigger_of(click_id: str) -> str:
-    return f"{int(time.time())}.{click_id}.trigger"
+    trigger_id: str = ""  # what a modal opened by this click is opened with
 
 
 def click(node: Node, slack: FakeSlack, action: str, key: str, user: SlackUser, *,
           message_ts: str = "1700000000.000100") -> Click:
     """Click ``action`` (a card button whose value is the request key) on ``node`` as ``user``."""
     click_id = f"click{next(_click_numbers)}"
+    trigger_id = f"{int(time.time())}.{click_id}.trigger"
     payload = block_actions(button(action, key), user=user, message_ts=message_ts,
-                            response_url=slack.webhook_url(click_id), trigger_id=trigger_of(click_id))
+                            response_url=slack.webhook_url(click_id), trigger_id=trigger_id)
     request = signed_interaction(payload)
     started = time.perf_counter()
     try:
         status: int | None = post(node.events_url, request).status
     except OSError:  # refused, reset or timed out: Slack would show the user an error
         status = None
-    return Click(click_id, action, key, user, node.name, status, time.perf_counter() - started, time.monotonic())
+    return Click(click_id, action, key, user, node.name, status, time.perf_counter() - started, time.monotonic(),
+                 trigger_id)
 
 
 def opened_view(slack: FakeSlack, opened_by: Click, timeout: float = 10.0) -> dict[str, Any]:
