@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal
@@ -50,6 +50,7 @@ from core.services.outbox import (
     mark_retry,
     mark_sent,
     outgoing_email,
+    release,
     retry_delay,
 )
 from core.store import Store
@@ -77,10 +78,22 @@ class DeliveryReport:
     failed: int = 0
 
 
-def deliver_due_email(store: Store, transport: Transport, limit: int = BATCH_SIZE) -> DeliveryReport:
-    """Claim the due e-mail rows and deliver each; blocking, so async callers run it in a thread."""
+def deliver_due_email(store: Store, transport: Transport, limit: int = BATCH_SIZE,
+                      stopping: Callable[[], bool] = lambda: False) -> DeliveryReport:
+    """Claim the due e-mail rows and deliver each; blocking, so async callers run it in a thread.
+
+    Once ``stopping()`` says so, the mail in hand is finished and the rows
+    not tried are released: due again at once, for this process when it
+    comes back or for another one now (a relay that answers slowly would
+    otherwise hold a stopping serve for a whole batch).
+    """
     items = claim_due(store, CHANNEL, limit)
-    outcomes = Counter(_deliver_guarded(store, transport, item) for item in items)
+    outcomes: Counter[str] = Counter()
+    for position, item in enumerate(items):
+        if stopping():
+            release(store, items[position:])
+            break
+        outcomes[_deliver_guarded(store, transport, item)] += 1
     return DeliveryReport(len(items), outcomes["sent"], outcomes["retried"], outcomes["failed"])
 
 
@@ -159,22 +172,23 @@ async def run_email_delivery(
 ) -> None:
     """Deliver until ``stop`` is set: a pass in a worker thread, then sleep ``interval`` or until ``wake``.
 
-    A pass under way when ``stop`` is set is finished first, so no row is
-    left claimed (it would wait out its lease). A full batch means more may
-    be due, so the next pass starts at once.
+    When ``stop`` is set during a pass, the mail in hand is finished and the
+    rest given back, so no row is left claimed (it would wait out its
+    lease). A full batch means more may be due, so the next pass starts at once.
     """
     while not stop.is_set():
         if wake is not None:
             wake.clear()  # before the pass: a wake during it is not lost
-        report = await _one_pass(store, transport)
+        report = await _one_pass(store, transport, stop)
         if report.claimed < BATCH_SIZE:
             await _sleep(stop, wake, interval)
 
 
-async def _one_pass(store: Store, transport: Transport) -> DeliveryReport:
+async def _one_pass(store: Store, transport: Transport, stop: asyncio.Event) -> DeliveryReport:
     """The worker's catch-all: a failed pass is logged and the loop goes on."""
     try:
-        return await asyncio.to_thread(deliver_due_email, store, transport, BATCH_SIZE)
+        # stop.is_set only reads a flag, so the worker thread may ask it.
+        return await asyncio.to_thread(deliver_due_email, store, transport, BATCH_SIZE, stop.is_set)
     except StoreUnavailable as exc:
         log.warning("e-mail delivery paused: %s", exc)
     except Exception:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -168,6 +169,27 @@ def claim_due(store: Store, channel: str, limit: int = 50, lease_seconds: int = 
         items = [_item_of(row) for row in rows]
         uow.commit()
         return items
+
+
+def release(store: Store, items: Sequence[OutboxItem]) -> None:
+    """Give back rows leased but not tried (the worker is stopping): due again at once, the attempt not counted.
+
+    Without it a stopping worker had two bad choices: deliver its whole
+    leased batch first (Slack's pace made that most of a minute), or leave
+    the rows to wait out their lease before any other worker could take them.
+    A row whose attempt count moved on was claimed again by another worker
+    after our lease ran out: it is theirs now and left alone.
+    """
+    if not items:
+        return
+    with store.unit_of_work() as uow:
+        for item in items:
+            row = _locked_row(uow, item.id)
+            if row.status != "pending" or row.attempts != item.attempts:
+                continue
+            row.attempts = max(0, row.attempts - 1)
+            row.next_attempt_at = uow.now
+        uow.commit()
 
 
 def mark_sent(store: Store, outbox_id: int) -> None:

@@ -199,6 +199,23 @@ def test_without_a_relay_the_mail_lands_in_the_maildir(store: Store, tmp_path: P
     assert msg["Reply-To"] == f"help+{token_of(mstore, 'SR-1')}@{DOMAIN}"
 
 
+def test_a_stopping_worker_finishes_the_mail_in_hand_and_gives_the_rest_back(store: Store, tmp_path: Path) -> None:
+    mstore = with_settings(store, mail_settings(store, tmp_path, port=None))
+    for n in range(3):
+        open_by_email(mstore, message_id=f"<m{n}@acme.test>")
+    maildir = tmp_path / "outgoing-mail" / "new"
+
+    # serve is told to stop while the first mail is being written
+    report = deliver_due_email(mstore, MaildirTransport(mstore.settings.outgoing_maildir),
+                               stopping=lambda: maildir.is_dir() and any(maildir.iterdir()))
+
+    assert report == DeliveryReport(claimed=3, sent=1)
+    assert len(list(maildir.iterdir())) == 1
+    sent, *given_back = outbox_rows(mstore)
+    assert sent.status == "sent"
+    assert [(r.status, r.attempts, r.next_attempt_at) for r in given_back] == [("pending", 0, mstore.clock.now())] * 2
+
+
 # --- hostile input -----------------------------------------------------------------------------
 
 

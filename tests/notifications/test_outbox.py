@@ -19,6 +19,7 @@ from core.services.outbox import (
     mark_retry,
     mark_sent,
     outgoing_email,
+    release,
     retry_delay,
 )
 from core.store import Store
@@ -79,6 +80,33 @@ def test_a_crashed_send_comes_due_again_after_the_lease(mstore: Store, clock: Fi
     again = claim_due(mstore, "email")
 
     assert [i.attempts for i in again] == [2]
+
+
+def test_released_rows_are_due_at_once_and_the_attempt_is_not_counted(mstore: Store, clock: FixedClock) -> None:
+    for n in range(3):
+        open_by_email(mstore, message_id=f"<{n}@acme.test>")
+    one, two, three = claim_due(mstore, "email", lease_seconds=300)
+    mark_sent(mstore, one.id)
+
+    release(mstore, [one, two, three])  # the worker stops after the first
+
+    sent, *given_back = outbox_rows(mstore)
+    assert sent.status == "sent" and sent.attempts == 1
+    assert [(r.status, r.attempts, r.next_attempt_at) for r in given_back] == [("pending", 0, clock.now())] * 2
+    assert [(i.id, i.attempts) for i in claim_due(mstore, "email")] == [(two.id, 1), (three.id, 1)]
+
+
+def test_a_row_claimed_again_after_our_lease_ran_out_is_not_released(mstore: Store, clock: FixedClock) -> None:
+    open_by_email(mstore)
+    (ours,) = claim_due(mstore, "email", lease_seconds=300)
+    clock.advance(timedelta(seconds=300))
+    (theirs,) = claim_due(mstore, "email", lease_seconds=300)  # another worker, after the lease
+
+    release(mstore, [ours])
+
+    (row,) = outbox_rows(mstore)
+    assert (row.attempts, row.next_attempt_at) == (2, clock.now() + timedelta(seconds=300))
+    assert theirs.attempts == 2
 
 
 def test_mark_sent_retry_and_failed(mstore: Store, clock: FixedClock) -> None:

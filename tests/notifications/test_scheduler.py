@@ -182,7 +182,9 @@ def test_on_postgresql_a_dead_leaders_lock_goes_to_the_next_process(postgres_dat
         assert leader.try_acquire() and not other.try_acquire()
         assert leader.try_acquire()  # still held, checked on its own connection
         with stores[1].engine.connect() as conn:  # the leader's backend dies (as with kill -9 of its process)
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks "
+            # With a timeout the call waits until the backend is gone (PostgreSQL 14+); without, a busy
+            # machine could still have the lock held when the other process asks.
+            conn.execute(text("SELECT pg_terminate_backend(pid, 10000) FROM pg_locks "
                               "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
                               "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"))
         assert other.try_acquire()
