@@ -38,7 +38,17 @@ from core.services.alerts import AlertView, alert_view, alerts_of_request, recor
 from core.services.digests import get_digest, record_digest_chart, record_digest_post
 from core.services.cards import approval_card as approval_card_view
 from core.services.cards import request_card
-from core.services.outbox import OutboxItem, claim_due, mark_failed, mark_retry, mark_sent, release, retry_delay
+from core.services.outbox import (
+    OutboxItem,
+    PassLease,
+    claim_due,
+    extend_lease,
+    mark_failed,
+    mark_retry,
+    mark_sent,
+    release,
+    retry_delay,
+)
 from core.services.slack_state import (
     CardPlace,
     approval_card_place,
@@ -164,12 +174,16 @@ class SlackDelivery:
         When ``stop`` is set during the pass, the rows not yet tried are released (not counted as attempts).
         """
         items = await self._core.call(claim_due, CHANNEL, limit)
+        lease = PassLease()
         outcomes: Counter[str] = Counter()
         done: dict[tuple[str, str], Outcome] = {}
         for position, item in enumerate(items):
             if stop is not None and stop.is_set():
                 await self._core.call(release, items[position:])
                 return DeliveryReport(len(items), outcomes["sent"], outcomes["retried"], outcomes["failed"])
+            if lease.due():  # paced posting (and a 429's wait) can outlast the lease
+                await self._core.call(extend_lease, items[position:])
+                lease.renewed()
             target = _target(item)
             if target is not None and target in done:  # a later change to a card drawn in this pass already
                 outcomes[await self._settle(item, done[target])] += 1

@@ -45,7 +45,9 @@ from core.services.digests import get_digest
 from core.services.outbox import (
     OutboxItem,
     OutgoingEmail,
+    PassLease,
     claim_due,
+    extend_lease,
     mark_failed,
     mark_retry,
     mark_sent,
@@ -88,11 +90,15 @@ def deliver_due_email(store: Store, transport: Transport, limit: int = BATCH_SIZ
     otherwise hold a stopping serve for a whole batch).
     """
     items = claim_due(store, CHANNEL, limit)
+    lease = PassLease()
     outcomes: Counter[str] = Counter()
     for position, item in enumerate(items):
         if stopping():
             release(store, items[position:])
             break
+        if lease.due():  # a relay that answers slowly can outlast the lease
+            extend_lease(store, items[position:])
+            lease.renewed()
         outcomes[_deliver_guarded(store, transport, item)] += 1
     return DeliveryReport(len(items), outcomes["sent"], outcomes["retried"], outcomes["failed"])
 

@@ -14,6 +14,11 @@ SQLite: write transactions start with ``BEGIN IMMEDIATE`` and so queue).
 Delivery is therefore at least once, which is why our e-mail Message-IDs are
 fixed per row: a repeated send is recognisably the same mail.
 
+The lease is short (:data:`LEASE_SECONDS`) so that rows a killed worker held
+are soon due for the others, and a worker going through a long pass (Slack's
+pace is about one message a second a channel) renews it on the rows still
+ahead of it (:class:`PassLease`).
+
 :func:`outgoing_email` reads everything one e-mail needs into a frozen view,
 so the renderer in ``notifications`` never touches the database.
 
@@ -26,7 +31,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +54,8 @@ AUTOMATIC_TOPICS = frozenset({"acknowledgment", "resolution_notice", "waiting_re
 FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 3600
 MAX_ERROR_LENGTH = 2000
+# How long a claimed row is a worker's alone: after a kill -9, how long its rows wait for another worker.
+LEASE_SECONDS = 60
 OUTBOX_STATUSES = ("pending", "sent", "failed")
 OUTBOX_CHANNELS = ("email", "slack")
 
@@ -147,7 +155,7 @@ class OutboxRowView:
 # --- claiming and marking -------------------------------------------------------------------
 
 
-def claim_due(store: Store, channel: str, limit: int = 50, lease_seconds: int = 300) -> list[OutboxItem]:
+def claim_due(store: Store, channel: str, limit: int = 50, lease_seconds: int = LEASE_SECONDS) -> list[OutboxItem]:
     """Lease up to ``limit`` due rows of ``channel``, oldest first."""
     with store.unit_of_work() as uow:
         query = (
@@ -169,6 +177,44 @@ def claim_due(store: Store, channel: str, limit: int = 50, lease_seconds: int = 
         items = [_item_of(row) for row in rows]
         uow.commit()
         return items
+
+
+def extend_lease(store: Store, items: Sequence[OutboxItem], lease_seconds: int = LEASE_SECONDS) -> None:
+    """Keep rows this worker still holds leased for ``lease_seconds`` from now (see :class:`PassLease`).
+
+    A row whose attempt count moved on was claimed again by another worker
+    after our lease ran out, and one no longer pending was settled: both are
+    left alone.
+    """
+    if not items:
+        return
+    with store.unit_of_work() as uow:
+        for item in items:
+            row = _locked_row(uow, item.id)
+            if row.status == "pending" and row.attempts == item.attempts:
+                row.next_attempt_at = uow.now + timedelta(seconds=lease_seconds)
+        uow.commit()
+
+
+class PassLease:
+    """When a worker halfway through a pass should renew the lease on the rows ahead of it.
+
+    Wall-clock time on the worker's own monotonic clock: a pass is claimed,
+    then every :meth:`due` that answers True is followed by one
+    :func:`extend_lease` on the rows not yet tried, and :meth:`renewed`.
+    """
+
+    def __init__(self, lease_seconds: int = LEASE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = lease_seconds
+        self._clock = clock
+        self._since = clock()
+
+    def due(self) -> bool:
+        """Half the lease has gone by since the claim or the last renewal."""
+        return self._clock() - self._since >= self._seconds / 2
+
+    def renewed(self) -> None:
+        self._since = self._clock()
 
 
 def release(store: Store, items: Sequence[OutboxItem]) -> None:

@@ -13,8 +13,11 @@ from core.clock import FixedClock
 from core.errors import InvalidInput, NotFound
 from core.reply_tokens import stable_message_id
 from core.services.outbox import (
+    LEASE_SECONDS,
     OutboxItem,
+    PassLease,
     claim_due,
+    extend_lease,
     mark_failed,
     mark_retry,
     mark_sent,
@@ -107,6 +110,46 @@ def test_a_row_claimed_again_after_our_lease_ran_out_is_not_released(mstore: Sto
     (row,) = outbox_rows(mstore)
     assert (row.attempts, row.next_attempt_at) == (2, clock.now() + timedelta(seconds=300))
     assert theirs.attempts == 2
+
+
+def test_a_long_pass_keeps_the_rows_ahead_of_it_and_only_those(mstore: Store, clock: FixedClock) -> None:
+    for n in range(4):
+        open_by_email(mstore, message_id=f"<{n}@acme.test>")
+    one, two, three, four = claim_due(mstore, "email")  # the default lease
+    mark_sent(mstore, two.id)
+    clock.advance(timedelta(seconds=LEASE_SECONDS // 2))
+
+    extend_lease(mstore, [two, three, four])  # the worker is at the second row; the first one hangs
+
+    clock.advance(timedelta(seconds=LEASE_SECONDS // 2))
+    assert [i.id for i in claim_due(mstore, "email")] == [one.id]  # its lease ran out; the others are still held
+    clock.advance(timedelta(seconds=LEASE_SECONDS // 2))
+    assert [i.id for i in claim_due(mstore, "email")] == [three.id, four.id]
+    assert [r.status for r in outbox_rows(mstore)] == ["pending", "sent", "pending", "pending"]
+
+
+def test_a_row_claimed_again_by_another_worker_keeps_its_new_lease(mstore: Store, clock: FixedClock) -> None:
+    open_by_email(mstore)
+    (ours,) = claim_due(mstore, "email", lease_seconds=60)
+    clock.advance(timedelta(seconds=60))
+    claim_due(mstore, "email", lease_seconds=60)  # another worker
+    clock.advance(timedelta(seconds=10))
+
+    extend_lease(mstore, [ours], lease_seconds=600)
+
+    (row,) = outbox_rows(mstore)
+    assert row.next_attempt_at == clock.now() + timedelta(seconds=50)
+
+
+def test_a_pass_renews_its_lease_when_half_of_it_has_gone_by() -> None:
+    now = [100.0]
+    lease = PassLease(60, clock=lambda: now[0])
+    now[0] += 29.9
+    assert not lease.due()
+    now[0] += 0.1
+    assert lease.due()
+    lease.renewed()
+    assert not lease.due()
 
 
 def test_mark_sent_retry_and_failed(mstore: Store, clock: FixedClock) -> None:
