@@ -117,11 +117,12 @@ def test_two_nodes_lose_and_double_nothing_when_the_leader_is_killed_under_load(
             wait_for(other.leads, 30, "node b took over the scheduler")
             wait_for(lambda: inspection.unfiled() == 0, 60, "every accepted message filed")
             time.sleep(3)  # the new leader's catch-up (sweep, digests, alerts) has run
+            # The survivor stops as an admin stops it, with Slack cards still queued behind its paced delivery:
+            # it finishes the message in hand and gives the rest back, and exits cleanly.
+            assert other.terminate() == 0, other.log()[-3000:]
         finally:
-            # SIGKILL here too: SIGTERM would wait for the Slack delivery pass in progress, paced at Slack's
-            # one message a second per channel, which is not what this test is about (tests/cli/test_serve.py).
             for node in nodes:
-                node.stop()
+                node.stop()  # SIGKILL whatever still runs (after a failure above)
 
         try:
             # Mail: everything answered 250 stored once and filed once; the kill hit the load.
