@@ -72,6 +72,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.proc_stats import children_of, cmdline, pss_kb, stat_fields, status_kb  # noqa: E402 - light: os only
+
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SIZES = {"2 KB": 2 * 1024, "64 KB": 64 * 1024}
@@ -379,53 +382,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 # --- /proc ------------------------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].decode().split()
-
-
 def cpu_ticks(pid: int) -> int:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[11]) + int(fields[12]) if fields else 0  # utime + stime
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children, found by their parent id (this kernel has no /proc/*/task/*/children)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields and int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def status_kb(pid: int, key: str, file: str = "status") -> int:
-    try:
-        with open(f"/proc/{pid}/{file}") as handle:
-            for line in handle:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def pss_kb(pid: int) -> int:
-    """Proportional set size: pages shared between processes are divided among them, not counted twice."""
-    return status_kb(pid, "Pss:", "smaps_rollup")
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def child_label(pid: int) -> str:
@@ -446,7 +405,7 @@ def machine_ticks() -> tuple[int, int]:
 
 
 def _alive(pid: int) -> bool:
-    return _stat_fields(pid) is not None
+    return stat_fields(pid) is not None
 
 
 class MemorySampler(threading.Thread):

@@ -29,7 +29,7 @@ It exits 1 if anything acknowledged was lost or anything was stored or took
 effect twice.
 
 Usage: python bench/soak.py [--minutes 10] [--mail-rate 0.5] [--database URL] [--admin-url URL]
-                            [--settle 420]
+                            [--settle 180]
 ``--database`` names an existing PostgreSQL database (it is migrated and the
 directory imported; nothing is dropped); by default a fresh database is
 created on the ``--admin-url`` server and dropped afterwards.
@@ -55,6 +55,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.services.outbox import LEASE_SECONDS  # noqa: E402
 from tests.conftest import ADMIN_URL  # noqa: E402
 from tests.e2e_harness import (  # noqa: E402
     IN_FLIGHT_SECONDS,
@@ -89,6 +90,9 @@ SLACK_ACK_LIMIT_S = 3.0  # Slack shows the user an error after 3 s
 GOAL_RSS_MB = 150.0  # DESIGN.md §7: serve's peak memory under intake load (per process, as bench/intake.py)
 RESTART_AFTER_S = 2.0  # how long the killed node stays down
 RUN = time.strftime("%Y%m%d%H%M%S")  # in every Message-ID, so runs on one database never collide
+
+# After the traffic, how long filing and the outbox may take: the killed node's leased rows wait out the lease.
+DEFAULT_SETTLE = 3 * LEASE_SECONDS
 
 
 @dataclass
@@ -248,7 +252,7 @@ def kill_at(node: Node, moment: float, outage: list[float]) -> None:
 
 def settle(inspection: Inspection, limit: float) -> float:
     """Wait until every accepted message is filed and the outbox is empty (or ``limit`` seconds); returns how
-    long it took. Rows leased by the killed node wait out their lease (300 s) first."""
+    long it took. Rows leased by the killed node wait out their lease (LEASE_SECONDS) first."""
     started = time.monotonic()
     try:
         wait_for(lambda: inspection.unfiled() == 0 and not inspection.outbox_waiting(), limit,
@@ -370,7 +374,7 @@ def print_report(r: dict[str, Any]) -> bool:
           f"{out['requests_by_mail']} requests by mail, {out['replies']} replies of {out['replies_accepted']} accepted")
     waiting = r["outbox_waiting"]
     print(f"  after the traffic: {r['settle_seconds']:.0f} s until every message was filed and the outbox empty "
-          f"(rows the killed node had leased wait out their 300 s lease)" if not waiting else
+          f"(rows the killed node had leased wait out their {LEASE_SECONDS} s lease)" if not waiting else
           f"  outbox rows still not sent after {r['settle_seconds']:.0f} s: {waiting}")
     print(f"  audit events recorded twice: {len(r['duplicate_events'])}; tracebacks in the logs: {r['tracebacks']}")
     print("  SIGTERM to exit: " + ", ".join(f"node {k} {v:.1f} s" for k, v in sorted(r['stop_seconds'].items())))
@@ -403,8 +407,8 @@ def main() -> int:
     parser.add_argument("--mail-rate", type=float, default=0.5, help="messages a second, both nodes together")
     parser.add_argument("--database", metavar="URL", help="an existing PostgreSQL database to run on (kept)")
     parser.add_argument("--admin-url", default=ADMIN_URL, help="PostgreSQL server for the fresh database")
-    parser.add_argument("--settle", type=float, default=420.0, help="at most this long for filing and the outbox "
-                        "after the traffic (default 420 s: rows the killed node had leased wait out 300 s)")
+    parser.add_argument("--settle", type=float, default=DEFAULT_SETTLE, help="at most this long for filing and "
+                        f"the outbox after the traffic (default {DEFAULT_SETTLE} s: rows the killed node had leased wait out {LEASE_SECONDS} s)")
     args = parser.parse_args()
     # SIGTERM ends the run like Ctrl-C: the nodes are stopped and a database made here is dropped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -56,6 +56,7 @@ from tests import factories
 from tests.conftest import ADMIN_URL
 from tests.intake.gateway import message
 from tests.intake.serve_process import ServeProcess, free_port, problems, serve_env, wait_for_port
+from tests.proc_stats import cmdline, pss_kb, rss_kb, stat_fields
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.signing import (
     DEFAULT_SIGNING_SECRET,
@@ -583,43 +584,12 @@ class Inspection:
 # --- memory --------------------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[bytes] | None:
-    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].split()
-
-
-def _kb(pid: int, key: str, file: str) -> int:
-    try:
-        with open(f"/proc/{pid}/{file}") as handle:
-            for line in handle:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_kb(pid: int) -> int:
-    """Resident set size: every page the process has in memory, shared ones included."""
-    return _kb(pid, "VmRSS:", "status")
-
-
-def pss_kb(pid: int) -> int:
-    """Proportional set size: pages shared with other processes are divided among them."""
-    return _kb(pid, "Pss:", "smaps_rollup")
-
-
 def process_tree(root: int) -> dict[int, int]:
     """``root`` and all its descendants, each with its parent, from /proc."""
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat(int(entry))
+            fields = stat_fields(int(entry))
             if fields is not None:
                 children[int(fields[1])].append(int(entry))
     tree, todo = {root: 0}, [root]
@@ -633,11 +603,7 @@ def process_tree(root: int) -> dict[int, int]:
 
 def _is_spawned_worker(pid: int) -> bool:
     """A child started by multiprocessing's spawn (the mail processor, a digest child), not its resource tracker."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"spawn_main" in handle.read()
-    except OSError:
-        return False
+    return "spawn_main" in cmdline(pid)
 
 
 class PeakMemory(threading.Thread):
@@ -670,7 +636,7 @@ class PeakMemory(threading.Thread):
         tree = process_tree(pid)
         resident = {p: rss_kb(p) for p in tree}
         spawned = [p for p, parent in tree.items() if parent == pid and _is_spawned_worker(p)]
-        started = {p: int(fields[19]) for p in spawned if (fields := _stat(p)) is not None}
+        started = {p: int(fields[19]) for p in spawned if (fields := stat_fields(p)) is not None}
         processor = min(started, key=lambda p: started[p]) if started else None
         others = [kb for p, kb in resident.items() if p not in (pid, processor)]
         seen = {"serve": resident[pid], "mail processor": resident.get(processor, 0) if processor else 0,
