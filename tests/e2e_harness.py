@@ -55,7 +55,7 @@ from core.store import Store
 from tests import factories
 from tests.conftest import ADMIN_URL
 from tests.intake.gateway import message
-from tests.intake.serve_process import ServeProcess, free_port, problems, serve_env, wait_for_port
+from tests.intake.serve_process import ServeProcess, close_quietly, free_port, problems, serve_env, wait_for_port
 from tests.proc_stats import cmdline, pss_kb, rss_kb, stat_fields
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.signing import (
@@ -305,7 +305,7 @@ class MailTraffic:
                         session = sessions[node.name] = smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=30)
                     took = _deliver(session, mail)
                 except (OSError, smtplib.SMTPException) as exc:
-                    _close(sessions.pop(node.name, None))
+                    close_quietly(sessions.pop(node.name, None))
                     code = _code_of(exc)
                     with self._ledger.lock:
                         if code is not None and code >= 500:
@@ -319,7 +319,7 @@ class MailTraffic:
                     self._ledger.latencies.append(took)
                 break
         for session in sessions.values():
-            _close(session)
+            close_quietly(session)
 
 
 def _deliver(session: smtplib.SMTP, mail: Mail) -> float:
@@ -342,14 +342,6 @@ def _code_of(exc: BaseException) -> int | None:
     if isinstance(exc, smtplib.SMTPResponseException):
         return int(exc.smtp_code)
     return None  # the connection failed: no answer at all
-
-
-def _close(session: smtplib.SMTP | None) -> None:
-    if session is not None:
-        try:
-            session.close()
-        except OSError:
-            pass
 
 
 def mail_problems(ledger: MailLedger, stored: list[str], filed: list[str]) -> list[str]:

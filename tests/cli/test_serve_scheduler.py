@@ -8,14 +8,12 @@ minute, without making the digest or the SLA alerts a second time.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from core import migrate, services
 from core.clock import FixedClock
@@ -24,7 +22,7 @@ from core.models import Digest, Event, SlaCrossing
 from core.settings import Settings
 from core.store import Store
 from tests import factories as f
-from tests.conftest import ADMIN_URL
+from tests.e2e_harness import fresh_postgres as fresh_database
 from tests.intake.serve_process import ServeProcess, free_port, serve_env
 
 LEADS = "this process now runs the scheduled jobs"
@@ -33,16 +31,8 @@ LEADS = "this process now runs the scheduled jobs"
 @pytest.fixture
 def fresh_postgres() -> Iterator[str]:
     """A database of this test's own: two servers and their child processes share it."""
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"supportdesk_serve_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("supportdesk_serve") as url:
+        yield url
 
 
 def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -115,13 +115,13 @@ def drive(port: int, connections: int, per_connection: int, result: LoadResult, 
                 except (OSError, smtplib.SMTPException):
                     with result.lock:
                         result.retries += 1
-                    client = _close(client)
+                    client = close_quietly(client)
                     time.sleep(0.05)
                     continue
                 with result.lock:
                     result.acked.add(marker)
                 break
-        _close(client)
+        close_quietly(client)
 
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(connections)]
     for thread in threads:
@@ -130,7 +130,8 @@ def drive(port: int, connections: int, per_connection: int, result: LoadResult, 
         thread.join(max(0.0, deadline - time.monotonic()) + 5)
 
 
-def _close(client: smtplib.SMTP | None) -> None:
+def close_quietly(client: smtplib.SMTP | None) -> None:
+    """Drop an SMTP connection that may already be dead (the server was killed)."""
     if client is not None:
         try:
             client.close()
