@@ -25,8 +25,8 @@ answered and whether each took effect once; p50/p99 of the SMTP reply
 of each node from /proc every 0.5 s: serve, its mail processor, its largest
 other child (the leader's digest child, a few seconds a day) and the whole
 tree summed at one instant (RSS, and PSS); what is left in the outbox.
-It exits 1 if anything acknowledged was lost or anything was stored or took
-effect twice.
+It exits 1 if anything acknowledged was lost, or anything was stored, took
+effect, was mailed or was left on Slack twice.
 
 Usage: python bench/soak.py [--minutes 10] [--mail-rate 0.5] [--database URL] [--admin-url URL]
                             [--settle 180]
@@ -383,13 +383,16 @@ def print_report(r: dict[str, Any]) -> bool:
         print(f"  node {name}: serve {m['serve']:.0f}, mail processor {m['mail processor']:.0f}, largest other "
               f"child {m['other']:.0f} (a digest child while the leader makes a digest); the whole tree at one "
               f"instant {m['tree']:.0f} (PSS {m['tree pss']:.0f})")
+    sent_twice = r["outbound_mail"]["sent_twice"] + r["slack"]["requests_with_two_cards"]
     lost_or_doubled = mail["lost"] + mail["duplicated"] + clicks["claims_doubled"] + len(clicks["problems"]) \
-        + len(r["duplicate_events"])
+        + len(r["duplicate_events"]) + sent_twice
     goals = [
         (mail["lost"] == 0, f"nothing answered 250 lost: {mail['lost']}"),
         (mail["duplicated"] == 0, f"nothing stored twice: {mail['duplicated']}"),
         (not clicks["problems"] and clicks["claims_doubled"] == 0,
          f"every answered click took effect once: {len(clicks['problems'])} did not"),
+        (sent_twice == 0, f"no mail sent twice and no request left with two cards: "
+                          f"{r['outbound_mail']['sent_twice']} mails, {r['slack']['requests_with_two_cards']} cards"),
         (clicks["over_3s"] == 0, f"every click acknowledged within Slack's 3 s: {clicks['over_3s']} were not"),
         (max(max(m["serve"], m["mail processor"]) for m in r["memory_mb"].values()) < GOAL_RSS_MB,
          f"serve and its mail processor each under {GOAL_RSS_MB:.0f} MB: " + ", ".join(
@@ -408,7 +411,8 @@ def main() -> int:
     parser.add_argument("--database", metavar="URL", help="an existing PostgreSQL database to run on (kept)")
     parser.add_argument("--admin-url", default=ADMIN_URL, help="PostgreSQL server for the fresh database")
     parser.add_argument("--settle", type=float, default=DEFAULT_SETTLE, help="at most this long for filing and "
-                        f"the outbox after the traffic (default {DEFAULT_SETTLE} s: rows the killed node had leased wait out {LEASE_SECONDS} s)")
+                        f"the outbox after the traffic (default {DEFAULT_SETTLE} s: rows the killed node had "
+                        f"leased wait out {LEASE_SECONDS} s)")
     args = parser.parse_args()
     # SIGTERM ends the run like Ctrl-C: the nodes are stopped and a database made here is dropped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -102,9 +102,11 @@ def metric_families(process: ProcessFigures, store: StoreFigures | None,
                                     "waiting to be retried) or failed (given up, for a person to look at), "
                                     "by channel.", labels=("channel", "status")),
                   dict(store.outbox)),
-        _labelled(GaugeMetricFamily(PREFIX + "outbox_oldest_pending_seconds", "Age of the oldest pending "
-                                    "notification, by channel; 0 when none is pending.", labels=("channel",)),
-                  {(channel,): seconds for channel, seconds in store.oldest_pending_seconds.items()}),
+        _labelled(GaugeMetricFamily(PREFIX + "outbox_overdue_seconds", "How long the most overdue notification "
+                                    "has been due and not delivered, by channel (rows waiting out a retry, held "
+                                    "for business hours or being sent are not due); 0 when none.",
+                                    labels=("channel",)),
+                  {(channel,): seconds for channel, seconds in store.overdue_seconds.items()}),
         _labelled(GaugeMetricFamily(PREFIX + "sla_breaches_open", "SLA targets of open requests past their due "
                                     "time now, by target.", labels=("target",)),
                   {(target,): n for target, n in store.open_breaches.items()}),

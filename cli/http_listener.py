@@ -49,10 +49,6 @@ class HttpListener:
         """The bound port (the one the OS chose when ``listen`` asked for port 0)."""
         return self._port
 
-    def url(self, path: str) -> str:
-        host = f"[{self._listen.host}]" if ":" in self._listen.host else self._listen.host
-        return f"http://{host}:{self._port}{path}"
-
     async def start(self) -> None:
         """Listen; raises ``OSError`` (the port is taken, the address is not ours) with nothing left open."""
         web_app = web.Application(client_max_size=MAX_BODY_BYTES)

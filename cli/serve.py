@@ -16,7 +16,7 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -235,21 +235,34 @@ async def _run(store: Store) -> None:
                 processor.check()
     finally:
         log.info("stopping: finishing mail in transfer, then the mail processor and deliveries")
-        await scheduler.stop()
+        await _stop_step("the scheduler", scheduler.stop())
         vitals.scheduler = None
         if listener is not None:
-            await listener.stop()
+            await _stop_step("the HTTP listener", listener.stop())
         if slack is not None:
-            await slack.stop()
-        await gateway.stop()
-        await acceptor.close()
+            await _stop_step("the Slack app", slack.stop())
+        await _stop_step("the SMTP listener", gateway.stop())
+        await _stop_step("the commits of accepted mail", acceptor.close())
         delivery_stop.set()
-        await delivery
-        await loop.run_in_executor(None, processor.stop)
+        await _stop_step("the e-mail delivery", delivery)
+        await _stop_step("the mail processor", loop.run_in_executor(None, processor.stop))
         core.close()
         counters = gateway.counters
         log.info("mail: %d accepted, %d recipients refused, %d temporary failures, %d sessions refused (busy)",
                  counters.accepted, counters.rejected_recipients, counters.temporary_failures, counters.refused_busy)
+
+
+async def _stop_step(what: str, step: Awaitable[object]) -> None:
+    """One step of stopping: a failure is logged and the steps after it still run.
+
+    The later steps matter most (mail in transfer answered, the mail processor
+    stopped rather than orphaned), so none may be skipped because an earlier
+    one, say the HTTP listener's, went wrong.
+    """
+    try:
+        await step
+    except Exception:  # noqa: BLE001 - logged, and stopping goes on
+        log.exception("stopping %s failed; stopping the rest", what)
 
 
 async def _start_listening(settings: Settings, gateway: SmtpGateway, listener: HttpListener | None,

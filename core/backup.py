@@ -67,7 +67,10 @@ def backup_sqlite(store: Store, destination: Path) -> BackupReport:
         if not audit.ok:
             raise StoreUnavailable(f"the copy's audit chain does not verify ({audit.problem}); "
                                    "run `supportdesk audit verify` on the database itself")
-        os.replace(partial, destination)
+        try:
+            os.link(partial, destination)  # unlike a rename, never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise InvalidInput(f"{destination} already exists; choose a new file name (a backup never overwrites)")
     finally:
         for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
             leftover.unlink(missing_ok=True)

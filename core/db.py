@@ -41,6 +41,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"database URL {_redacted(url)!r} is not supported; use sqlite:///path/to/file.db "
             "or postgresql+psycopg://user@host:5432/dbname"
         )
+    # Statement parameters can hold a customer's mail; an error (and so a log line) never shows them.
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kwargs)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +15,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import StoreUnavailable
 from core.store import translate_store_errors
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -64,10 +68,20 @@ def _one_migrator_at_a_time(engine: Engine) -> Iterator[None]:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)  # released when the file closes
             yield
         return
-    with engine.connect() as lock_connection, lock_connection.begin():
-        # A transaction-level lock: it goes when this transaction ends, or with the connection if we die.
-        lock_connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        yield
+    # A session-level lock on a connection in autocommit: no transaction stays open while others wait or
+    # while the migration runs (servers that end idle transactions would otherwise take the lock away).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_connection:
+        key = {"key": MIGRATION_LOCK_KEY}
+        if not lock_connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+            log.info("another process is migrating the schema; waiting for it")
+            lock_connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+        try:
+            yield
+        finally:
+            try:
+                lock_connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+            except SQLAlchemyError:
+                pass  # the connection is gone, and the lock with it
 
 
 def _refuse_unknown(current: str | None) -> None:

@@ -6,8 +6,9 @@ each figure is one aggregate over an index whose leading column is a status
 time (the open SLA breaches, :func:`core.metrics.open_breaches`), so the
 rows read are the rows counted: mail waiting or quarantined, notifications
 not yet delivered, open requests and their breaches; never the delivered
-or closed history. All figures come from one read transaction, so they agree
-with each other.
+or closed history. All figures come from one read transaction (on SQLite one
+snapshot; on PostgreSQL each statement sees what was committed when it ran,
+which for gauges read a few milliseconds apart is close enough).
 
 Every label a figure can have is present (zero when nothing is there): a
 series that vanishes when its count drops to zero cannot be told apart from
@@ -41,7 +42,9 @@ class StoreFigures:
     mail_waiting: int  # accepted mail the processor has not filed yet
     mail_quarantined: Mapping[str, int]  # reason -> messages in quarantine now (released ones are not)
     outbox: Mapping[tuple[str, str], int]  # (channel, "pending" | "failed") -> rows
-    oldest_pending_seconds: Mapping[str, float]  # channel -> age of its oldest pending row, 0 when none
+    # channel -> how long its most overdue row has been due and not delivered (rows waiting out a retry back-off,
+    # held for business hours or leased by a worker are not due), 0 when none: how far behind delivery is
+    overdue_seconds: Mapping[str, float]
     open_breaches: Mapping[str, int]  # first_response | next_reply | resolution -> targets past due now
     open_requests: Mapping[str, int]  # status -> requests not resolved or closed
 
@@ -56,27 +59,30 @@ def read_store_figures(store: Store, now: datetime | None = None) -> StoreFigure
             select(ReceivedMail.reason, func.count()).where(ReceivedMail.status == "quarantined")
             .group_by(ReceivedMail.reason)).all())
         outbox_rows = session.execute(
-            select(OutboxMessage.channel, OutboxMessage.status, func.count(), func.min(OutboxMessage.created_at))
+            select(OutboxMessage.channel, OutboxMessage.status, func.count())
             .where(OutboxMessage.status.in_(UNDELIVERED))
             .group_by(OutboxMessage.channel, OutboxMessage.status)).all()
+        first_due = dict(session.execute(
+            select(OutboxMessage.channel, func.min(OutboxMessage.next_attempt_at))
+            .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
+            .group_by(OutboxMessage.channel)).all())
         breach_counts = {target: session.execute(select(func.count()).select_from(branch.subquery())).scalar_one()
                          for target, branch in _breach_branches(now)}
         requests = dict(session.execute(
             select(Request.status, func.count()).where(Request.status.in_(OPEN_STATES))
             .group_by(Request.status)).all())
     outbox = {(channel, status): 0 for channel in OUTBOX_CHANNELS for status in UNDELIVERED}
-    oldest = dict.fromkeys(OUTBOX_CHANNELS, 0.0)
-    for channel, status, count, first_created in outbox_rows:
+    for channel, status, count in outbox_rows:
         outbox[(channel, status)] = int(count)
-        if status == "pending" and first_created is not None:
-            oldest[channel] = max(0.0, (now - first_created).total_seconds())
+    overdue = {channel: max(0.0, (now - first_due[channel]).total_seconds()) if first_due.get(channel) else 0.0
+               for channel in OUTBOX_CHANNELS}
     return StoreFigures(
         at=now,
         mail_waiting=int(waiting),
         mail_quarantined={**dict.fromkeys(QUARANTINE_REASONS, 0),
                           **{str(reason or "unknown"): int(n) for reason, n in quarantined.items()}},
         outbox=outbox,
-        oldest_pending_seconds=oldest,
+        overdue_seconds=overdue,
         open_breaches={name: int(breach_counts[target]) for target, name in BREACH_TARGETS.items()},
         open_requests={status: int(requests.get(status, 0)) for status in OPEN_STATES},
     )

@@ -105,7 +105,7 @@ def test_a_request_from_first_mail_to_resolution_through_one_serve(
 
     # 4. Alice clicks Claim; the card changes in place to show her.
     claimed = agent_click(node, fake_slack, "claim", card_ts)
-    assert claimed.status == 200 and claimed.latency < 3
+    assert claimed.status == 200
     wait_for(lambda: card_updated(fake_slack, card_ts, f"<@{ALICE.id}>"), WAIT, "the card updated to show Alice")
 
     # 5. "Reply to customer": the modal shows where the mail goes; an empty reply is refused in the modal

@@ -54,8 +54,10 @@ AUTOMATIC_TOPICS = frozenset({"acknowledgment", "resolution_notice", "waiting_re
 FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 3600
 MAX_ERROR_LENGTH = 2000
-# How long a claimed row is a worker's alone: after a kill -9, how long its rows wait for another worker.
-LEASE_SECONDS = 60
+# How long a claimed row is a worker's alone: after a kill -9, how long its rows wait for another worker. It is
+# renewed between the messages of a pass, so it must outlast the slowest single send: a Slack call with its
+# retries and a Retry-After, or a relay answering each SMTP command just inside its 30 s timeout.
+LEASE_SECONDS = 120
 OUTBOX_STATUSES = ("pending", "sent", "failed")
 OUTBOX_CHANNELS = ("email", "slack")
 

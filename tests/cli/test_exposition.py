@@ -13,7 +13,7 @@ AT = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 STORE = StoreFigures(
     at=AT, mail_waiting=3, mail_quarantined={"auto_reply": 2, "bounce": 0},
     outbox={("email", "pending"): 1, ("email", "failed"): 0, ("slack", "pending"): 4, ("slack", "failed"): 1},
-    oldest_pending_seconds={"email": 12.5, "slack": 0.0},
+    overdue_seconds={"email": 12.5, "slack": 0.0},
     open_breaches={"first_response": 1, "next_reply": 0, "resolution": 2},
     open_requests={"new": 5, "assigned": 1, "waiting_on_customer": 0, "pending_approval": 0},
 )
@@ -66,7 +66,7 @@ def test_store_gauges() -> None:
     assert found[("supportdesk_inbound_mail_quarantined", (("reason", "bounce"),))] == 0
     assert found[("supportdesk_outbox_messages", (("channel", "slack"), ("status", "failed")))] == 1
     assert found[("supportdesk_outbox_messages", (("channel", "slack"), ("status", "pending")))] == 4
-    assert found[("supportdesk_outbox_oldest_pending_seconds", (("channel", "email"),))] == 12.5
+    assert found[("supportdesk_outbox_overdue_seconds", (("channel", "email"),))] == 12.5
     assert found[("supportdesk_sla_breaches_open", (("target", "resolution"),))] == 2
     assert found[("supportdesk_requests_open", (("status", "new"),))] == 5
 

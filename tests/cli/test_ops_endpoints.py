@@ -192,7 +192,7 @@ def test_metrics_health_and_json_log_of_a_serve_with_mail_and_slack_traffic(
         (("target", "first_response"),): 1, (("target", "next_reply"),): 0, (("target", "resolution"),): 1}
     assert value(values, "outbox_messages", channel="email", status="failed") == 0
     assert value(values, "outbox_messages", channel="slack", status="failed") == 0
-    assert set(labelled(values, "outbox_oldest_pending_seconds")) == {(("channel", "email"),), (("channel", "slack"),)}
+    assert set(labelled(values, "outbox_overdue_seconds")) == {(("channel", "email"),), (("channel", "slack"),)}
     assert health_status == 200
     assert health_body == {"status": "ok", "store": True, "parts": {
         "smtp": True, "slack": "http", "scheduler": True, "scheduler_leader": True, "mail_processor": True}}

@@ -67,7 +67,7 @@ def test_list_json_field_names(cli: Cli, store: Store) -> None:
     assert [list(r) for r in rows] == [FIELDS, FIELDS]
     assert rows[1] == {
         "id": failed, "channel": "email", "topic": "reply", "status": "failed", "request_key": "SR-1",
-        "attempts": 1, "created_at": "2026-01-05T09:00:00Z", "next_attempt_at": "2026-01-05T09:05:00Z",
+        "attempts": 1, "created_at": "2026-01-05T09:00:00Z", "next_attempt_at": "2026-01-05T09:02:00Z",
         "sent_at": None, "last_error": ERROR,
     }
     assert [r["id"] for r in cli.json("outbox", "list", "--limit", "1")] == [rows[0]["id"]]

@@ -9,9 +9,10 @@ import traceback
 from datetime import datetime
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
+from core.db import make_engine
 from core.errors import InvalidInput
 from core.log_format import TEXT_FORMAT, JsonFormatter, formatter_for
 from core.settings import load_settings
@@ -78,18 +79,36 @@ def test_the_http_listener_can_be_turned_off(value: str) -> None:
         load_settings({"SUPPORTDESK_HTTP_LISTEN": "nope"})
 
 
-def test_a_database_error_s_row_values_stay_out_of_both_formats(store: Store) -> None:
-    """A real constraint violation with a customer's text in the row: the traceback keeps the error, not the text."""
-    marker = "PAPAYA-3141 the customer's own words"
-    insert = text("INSERT INTO inbound_mail (sha256, raw, size, source, recipients, received_at, status, attempts, "
+MARKER = "PAPAYA-3141 the customer's own words"
+_BOGUS_ROW = text("INSERT INTO inbound_mail (sha256, raw, size, source, recipients, received_at, status, attempts, "
                   "subject) VALUES ('0', :raw, 1, 'smtp', '', :at, 'bogus', 0, :subject)")
+
+
+def _violation(engine: Engine) -> IntegrityError:
+    """A real CHECK constraint violation of a row holding a customer's words."""
     try:
-        with store.engine.begin() as conn:
-            conn.execute(insert, {"raw": marker.encode(), "at": datetime(2026, 1, 5), "subject": marker})
-    except IntegrityError:
-        failed = record("filing mail %s failed: %s", 7, "see below", level=logging.ERROR, exc_info=sys.exc_info())
-    else:
-        pytest.fail("the CHECK constraint on inbound_mail.status did not hold")
+        with engine.begin() as conn:
+            conn.execute(_BOGUS_ROW, {"raw": MARKER.encode(), "at": datetime(2026, 1, 5), "subject": MARKER})
+    except IntegrityError as exc:
+        return exc
+    pytest.fail("the CHECK constraint on inbound_mail.status did not hold")
+
+
+def test_our_engines_never_put_statement_parameters_into_an_error(store: Store) -> None:
+    error = _violation(store.engine)
+    assert "SQL parameters hidden" in str(error) and "PAPAYA" not in str(error).split("[SQL:")[1]
+
+
+def test_a_database_error_s_row_values_stay_out_of_both_formats(store: Store) -> None:
+    """Behind the engine's own hiding, the formats cut row values too (PostgreSQL's DETAIL line quotes the row)."""
+    marker = MARKER
+    revealing = make_engine(store.engine.url.render_as_string(hide_password=False), hide_parameters=False)
+    try:
+        error = _violation(revealing)
+    finally:
+        revealing.dispose()
+    failed = record("filing mail %s failed: %s", 7, "see below", level=logging.ERROR,
+                    exc_info=(type(error), error, error.__traceback__))
     assert marker in "".join(traceback.format_exception(*failed.exc_info))  # type: ignore[misc]
     for formatter in (formatter_for("text"), formatter_for("json")):
         out = formatter.format(failed)

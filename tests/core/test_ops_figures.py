@@ -31,7 +31,7 @@ def test_an_empty_store_shows_every_label_at_zero(store: Store) -> None:
     assert not any(figures.mail_quarantined.values())
     assert figures.outbox == {("email", "pending"): 0, ("email", "failed"): 0,
                               ("slack", "pending"): 0, ("slack", "failed"): 0}
-    assert figures.oldest_pending_seconds == {"email": 0.0, "slack": 0.0}
+    assert figures.overdue_seconds == {"email": 0.0, "slack": 0.0}
     assert figures.open_breaches == {"first_response": 0, "next_reply": 0, "resolution": 0}
     assert figures.open_requests == {"new": 0, "assigned": 0, "waiting_on_customer": 0, "pending_approval": 0}
 
@@ -52,7 +52,7 @@ def test_mail_waiting_and_quarantined_by_reason(store: Store) -> None:
     assert sum(figures.mail_quarantined.values()) == 2
 
 
-def test_outbox_pending_and_failed_by_channel_with_the_age_of_the_oldest(store: Store, clock: FixedClock) -> None:
+def test_outbox_pending_and_failed_by_channel_and_how_overdue_delivery_is(store: Store, clock: FixedClock) -> None:
     f.seed(store)
     slack = slack_store(store)
     f.open_request(slack, subject="first")
@@ -67,9 +67,12 @@ def test_outbox_pending_and_failed_by_channel_with_the_age_of_the_oldest(store: 
     assert figures.outbox[("slack", "failed")] == 1
     assert figures.outbox[("slack", "pending")] == pending - 1
     assert figures.outbox[("email", "pending")] == figures.outbox[("email", "failed")] == 0
-    # The failed row was the oldest; the oldest pending one now is the second request's (15 min ago at most).
-    assert 0 < figures.oldest_pending_seconds["slack"] <= 15 * 60
-    assert figures.oldest_pending_seconds["email"] == 0.0
+    # The failed row was the first request's card; its other Slack rows (its mail in the card's thread) have
+    # been due since it was opened, 15 minutes ago (the clock is fixed, so exactly).
+    assert figures.overdue_seconds == {"email": 0.0, "slack": 15 * 60.0}
+    for row in claim_due(slack, "slack"):  # being sent (leased): not overdue
+        assert row.attempts == 1
+    assert read_store_figures(slack).overdue_seconds["slack"] == 0.0
 
 
 def test_open_requests_by_status_and_breaches_by_target(store: Store, clock: FixedClock) -> None:

@@ -19,6 +19,7 @@ from core.clock import FixedClock
 from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.models import Event, OutboxMessage, Request
 from core.services.outbox import (
+    LEASE_SECONDS,
     OutboxRowView,
     claim_due,
     list_outbox,
@@ -73,7 +74,7 @@ def test_list_is_newest_first_and_leaves_sent_rows_out_by_default(store: Store, 
     failed_row = unsent[1]
     assert failed_row == OutboxRowView(
         id=failed, channel="email", topic="reply", status="failed", request_key=keys[0], attempts=1,
-        created_at=clock.now(), next_attempt_at=clock.now() + timedelta(seconds=300), sent_at=None,
+        created_at=clock.now(), next_attempt_at=clock.now() + timedelta(seconds=LEASE_SECONDS), sent_at=None,
         last_error=ERROR,
     )
     assert [r.id for r in list_outbox(store, status="failed")] == [failed]
@@ -88,7 +89,7 @@ def test_to_json_has_stable_names_and_iso_times(store: Store) -> None:
     fail_first(store)
     assert list_outbox(store)[0].to_json() == {
         "id": 1, "channel": "email", "topic": "reply", "status": "failed", "request_key": "SR-1",
-        "attempts": 1, "created_at": "2026-01-05T09:00:00Z", "next_attempt_at": "2026-01-05T09:05:00Z",
+        "attempts": 1, "created_at": "2026-01-05T09:00:00Z", "next_attempt_at": "2026-01-05T09:02:00Z",
         "sent_at": None, "last_error": ERROR,
     }
 
