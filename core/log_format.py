@@ -8,8 +8,10 @@ duty (they log ids, counts, addresses and reason codes only); the
 operations tests run a real ``serve`` with mail and Slack traffic and look
 for them in its log. One thing a log call cannot control is the text of a
 database error in a traceback: SQLAlchemy appends the statement's
-parameters and PostgreSQL a ``DETAIL: Failing row contains (...)``, which
-can be a customer's mail. Both formats cut those two out, whatever logs them.
+parameters (our engines are made with ``hide_parameters``, so theirs say
+only that they were hidden) and PostgreSQL a ``DETAIL: Failing row contains
+(...)``, which can be a customer's mail. Both formats cut those two out,
+whatever logs them.
 
 Here in core because both ``serve`` and its mail processor (a child
 process of its own, in intake) set up their logging with it.
