@@ -28,7 +28,7 @@ from bot import actions, commands, events, home
 from bot.client import SlackApiCounters, make_client
 from bot.delivery import SlackDelivery
 from bot.guard import make_middleware
-from bot.server import Handler, SlackHttpServer, events_handler
+from bot.server import Handler, events_handler
 from bot.socket_mode import SocketModeConnection
 from core.errors import InvalidInput
 from core.facade import AsyncCore
@@ -95,10 +95,10 @@ class SlackPart:
     """The Slack app as one part of ``serve``: Slack's requests (over HTTP or Socket Mode) plus card delivery."""
 
     def __init__(self, core: AsyncCore, settings: Settings, client: AsyncWebClient | None = None,
-                 also_changed: Callable[[], None] | None = None, *, own_listener: bool = True) -> None:
+                 also_changed: Callable[[], None] | None = None) -> None:
         """``also_changed`` is called with every change made in Slack too (serve wakes its e-mail delivery:
-        a reply written in Slack goes out at once). ``own_listener=False`` (serve) starts no HTTP listener:
-        the caller mounts :attr:`events_handler` on its own."""
+        a reply written in Slack goes out at once). In HTTP mode the caller mounts :attr:`events_handler`
+        on its HTTP listener (serve's ``cli.http_listener``)."""
         # Every failed answer of the Web API, for serve's metrics (only of the client made here).
         self.api_counters = SlackApiCounters()
         self.client = client or make_client(settings, self.api_counters)
@@ -116,30 +116,16 @@ class SlackPart:
                             if settings.slack_app_token else None)
         # Slack posts its requests here in HTTP mode; None in Socket Mode (nothing would verify a post).
         self.events_handler: Handler | None = events_handler(self.app) if self.socket_mode is None else None
-        self.server: SlackHttpServer | None = None
-        if own_listener:
-            if settings.http_listen is None:
-                raise InvalidInput("SUPPORTDESK_HTTP_LISTEN is off; the Slack app's HTTP listener needs an address")
-            self.server = SlackHttpServer(self.app, settings.http_listen, store_ok=lambda: _store_ok(core),
-                                          slack_posts=self.socket_mode is None)
         self._stop = asyncio.Event()
         self._delivery_task: asyncio.Task[None] | None = None
 
     async def start(self, *, run_delivery: bool = True) -> None:
-        """Listen for Slack; with ``run_delivery`` (always, in ``serve``) deliver the outbox in the background.
+        """Connect (Socket Mode); with ``run_delivery`` (always, in ``serve``) deliver the outbox in the background.
 
-        Raises ``OSError`` when the HTTP listener cannot listen, ``InvalidInput``
-        when Slack refuses the app token; nothing is left running then.
+        Raises ``InvalidInput`` when Slack refuses the app token; nothing is left running then.
         """
-        if self.server is not None:
-            await self.server.start()
         if self.socket_mode is not None:
-            try:
-                await self.socket_mode.start()
-            except BaseException:
-                if self.server is not None:
-                    await self.server.stop()
-                raise
+            await self.socket_mode.start()
         if run_delivery:
             self._delivery_task = asyncio.get_running_loop().create_task(self.delivery.run(self._stop),
                                                                          name="slack-delivery")
@@ -148,14 +134,7 @@ class SlackPart:
         """Stop taking requests, then let the delivery finish the pass it is in."""
         if self.socket_mode is not None:
             await self.socket_mode.stop()
-        if self.server is not None:
-            await self.server.stop()
         self._stop.set()
         if self._delivery_task is not None:
             await self._delivery_task
             self._delivery_task = None
-
-
-async def _store_ok(core: AsyncCore) -> bool:
-    await core.read(lambda store: store.ping())
-    return True

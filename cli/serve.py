@@ -163,7 +163,7 @@ def _slack_part(core: AsyncCore, settings: Settings, also_changed: Callable[[], 
     """
     from bot.app import SlackPart
 
-    return SlackPart(core, settings, also_changed=also_changed, own_listener=False)
+    return SlackPart(core, settings, also_changed=also_changed)
 
 
 

@@ -17,10 +17,14 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from bot.app import SlackPart
+from cli.http_listener import HttpListener
+from cli.vitals import ServeVitals
 from bot.delivery import DeliveryReport
 from core.facade import AsyncCore
 from core.settings import HostPort
 from core.store import Store
+from intake.listener import IntakeCounters
+from intake.processor import ProcessorProcess
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.signing import DEFAULT_SIGNING_SECRET, HOME_TEAM, TRIAGE_CHANNEL, PostResult, SignedRequest, SlackUser, post
 
@@ -40,16 +44,17 @@ STRANGER = SlackUser("U0NOBODY1", "stranger", HOME_TEAM.id)
 @dataclass
 class RunningSlack:
     part: SlackPart
+    listener: HttpListener
     store: Store
     loop: asyncio.AbstractEventLoop
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.part.server.port}/slack/events"
+        return f"http://127.0.0.1:{self.listener.port}/slack/events"
 
     @property
     def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.part.server.port}/health"
+        return f"http://127.0.0.1:{self.listener.port}/health"
 
     def post(self, request: SignedRequest) -> PostResult:
         return post(self.url, request)
@@ -76,7 +81,6 @@ def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = Fa
         approvals_channel=APPROVALS_CHANNEL,
         alerts_channel=ALERTS_CHANNEL,
         digest_channel=DIGEST_CHANNEL,
-        http_listen=HostPort("127.0.0.1", 0),
     )
     slack_store = Store(store.engine, store.clock, settings)
     core = AsyncCore(slack_store)
@@ -84,17 +88,26 @@ def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = Fa
     thread = threading.Thread(target=loop.run_forever, name="slack-test-loop", daemon=True)
     thread.start()
 
-    async def start() -> SlackPart:
+    async def start() -> tuple[SlackPart, HttpListener]:
+        # Mounted on serve's own HTTP listener, as serve mounts it (the mail parts are not running here).
         part = SlackPart(core, settings)
+        vitals = ServeVitals(core, IntakeCounters(), ProcessorProcess(settings),
+                             slack_mode="socket_mode" if app_token else "http", slack_counters=part.api_counters)
+        listener = HttpListener(HostPort("127.0.0.1", 0), vitals, slack_events=part.events_handler)
+        await listener.start()
         await part.start(run_delivery=deliver_by_itself)
-        return part
+        return part, listener
+
+    async def stop(part: SlackPart, listener: HttpListener) -> None:
+        await listener.stop()
+        await part.stop()
 
     try:
-        part = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+        part, listener = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
         try:
-            yield RunningSlack(part, slack_store, loop)
+            yield RunningSlack(part, listener, slack_store, loop)
         finally:
-            asyncio.run_coroutine_threadsafe(part.stop(), loop).result(30)
+            asyncio.run_coroutine_threadsafe(stop(part, listener), loop).result(30)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
