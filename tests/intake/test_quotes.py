@@ -305,7 +305,13 @@ def test_time_is_linear_in_the_input(pair: str) -> None:
     """
     small, large = pair * 5_000, pair * 20_000
     elapsed(small)  # warm up
-    ratio = elapsed(large) / max(elapsed(small), 1e-6)
+    # Taken in turns and the best of each kept, so a burst of work elsewhere (the suite runs on every core)
+    # cannot land on one size only.
+    smalls, larges = [], []
+    for _ in range(3):
+        smalls.append(elapsed(small))
+        larges.append(elapsed(large))
+    ratio = min(larges) / max(min(smalls), 1e-6)
     assert ratio < 11, f"{ratio:.1f}x the time for 4x the input"
 
 
