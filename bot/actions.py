@@ -21,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import blocks as b
 from bot import modals
+from bot.acknowledge import AckFirst
 from bot.guard import agent_of
 from core import services
 from core.errors import InvalidInput, StoreUnavailable, SupportdeskError
@@ -37,27 +38,27 @@ CREATE_REQUEST_SHORTCUT = "create_request"  # the message shortcut's callback_id
 Changed = Callable[[], None]
 
 
-def register(app: AsyncApp, core: AsyncCore, changed: Changed) -> None:
+def register(app: AsyncApp, core: AsyncCore, changed: Changed, ack_first: AckFirst) -> None:
     """Every card action and modal submission; ``changed`` wakes the card delivery after a change."""
     act = _Actions(core, changed)
-    app.action(b.ACTION_CLAIM)(act.claim)
-    app.action(b.ACTION_ASSIGN)(act.assign)
-    app.action(b.ACTION_RESOLVE)(act.open_resolve)
-    app.action(b.ACTION_REOPEN)(act.reopen)
-    app.action(b.ACTION_REPLY)(act.open_reply)
-    app.action(b.ACTION_REQUEST_APPROVAL)(act.open_request_approval)
-    app.action(b.ACTION_SET_PRIORITY)(act.set_priority)
-    app.action(b.ACTION_MORE)(act.more)
-    app.action(b.ACTION_SHOW_MESSAGE)(act.show_message)
-    app.action(b.ACTION_APPROVE)(act.approve)
-    app.action(b.ACTION_REJECT)(act.open_reject)
-    app.view(modals.RESOLVE)(act.submit_resolve)
-    app.view(modals.REPLY)(act.submit_reply)
-    app.view(modals.REQUEST_APPROVAL)(act.submit_request_approval)
-    app.view(modals.MERGE)(act.submit_merge)
-    app.view(modals.REJECT)(act.submit_reject)
-    app.shortcut(CREATE_REQUEST_SHORTCUT)(act.open_new_from_message)
-    app.view(modals.NEW_REQUEST)(act.submit_new)
+    app.action(b.ACTION_CLAIM)(ack_first(act.claim))
+    app.action(b.ACTION_ASSIGN)(ack_first(act.assign))
+    app.action(b.ACTION_RESOLVE)(ack_first(act.open_resolve))
+    app.action(b.ACTION_REOPEN)(ack_first(act.reopen))
+    app.action(b.ACTION_REPLY)(ack_first(act.open_reply))
+    app.action(b.ACTION_REQUEST_APPROVAL)(ack_first(act.open_request_approval))
+    app.action(b.ACTION_SET_PRIORITY)(ack_first(act.set_priority))
+    app.action(b.ACTION_MORE)(ack_first(act.more))
+    app.action(b.ACTION_SHOW_MESSAGE)(ack_first(act.show_message))
+    app.action(b.ACTION_APPROVE)(ack_first(act.approve))
+    app.action(b.ACTION_REJECT)(ack_first(act.open_reject))
+    app.view(modals.RESOLVE)(ack_first(act.submit_resolve))
+    app.view(modals.REPLY)(ack_first(act.submit_reply))
+    app.view(modals.REQUEST_APPROVAL)(ack_first(act.submit_request_approval))
+    app.view(modals.MERGE)(ack_first(act.submit_merge))
+    app.view(modals.REJECT)(ack_first(act.submit_reject))
+    app.shortcut(CREATE_REQUEST_SHORTCUT)(ack_first(act.open_new_from_message))
+    app.view(modals.NEW_REQUEST)(ack_first(act.submit_new))
 
 
 class _Actions:

@@ -25,6 +25,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import actions, commands, events, home
+from bot.acknowledge import AckFirst
 from bot.client import SlackApiCounters, make_client
 from bot.delivery import SlackDelivery
 from bot.guard import make_middleware
@@ -36,9 +37,19 @@ from core.settings import Settings
 
 log = logging.getLogger("supportdesk.slack")
 
+# How long a stopping serve waits at most for work already acknowledged (a claim, a modal being opened):
+# a service call takes milliseconds and a Web API call times out after 30 s, so this is only reached by a
+# backlog of thousands of clicks; within systemd's default 90 s to stop.
+LISTENER_GRACE_SECONDS = 75.0
 
-def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, changed: actions.Changed) -> AsyncApp:
+
+def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, changed: actions.Changed,
+               ack_first: AckFirst | None = None) -> AsyncApp:
     """The Bolt app: over HTTP it verifies every request with the signing secret.
+
+    Every listener runs through ``ack_first`` (:mod:`bot.acknowledge`): Slack
+    gets its answer the moment the listener calls ``ack()``, and the work
+    after it goes on in a task that ``ack_first`` keeps.
 
     In Socket Mode (``SLACK_APP_TOKEN`` set) requests arrive on the WebSocket
     the app itself opened with its app token, so there is no signature to
@@ -55,15 +66,17 @@ def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, chan
         request_verification_enabled=not socket_mode,
         # Unhandled payloads are logged by Bolt; a 404 makes Slack show the user an error, as it should.
         raise_error_for_unhandled_request=False,
-        process_before_response=False,
+        # Bolt returns the answer when the listener function returns; AckFirst returns at ack() (see there).
+        process_before_response=True,
         logger=_bolt_logger(),
     )
     for middleware in make_middleware(core):
         app.middleware(middleware)
-    commands.register(app, core, settings.slash_command)
-    actions.register(app, core, changed)
-    events.register(app, core)
-    home.register(app, core)
+    ack_first = ack_first or AckFirst()
+    commands.register(app, core, settings.slash_command, ack_first)
+    actions.register(app, core, changed, ack_first)
+    events.register(app, core, ack_first)
+    home.register(app, core, ack_first)
 
     @app.error
     async def on_error(error: Exception) -> None:
@@ -111,7 +124,9 @@ class SlackPart:
             if also_changed is not None:
                 also_changed()
 
-        self.app = create_app(core, self.client, settings, changed=changed)
+        # The listeners' work after their acknowledgment: stop() waits for it.
+        self.listeners = AckFirst()
+        self.app = create_app(core, self.client, settings, changed=changed, ack_first=self.listeners)
         self.socket_mode = (SocketModeConnection(self.app, settings.slack_app_token, self.client)
                             if settings.slack_app_token else None)
         # Slack posts its requests here in HTTP mode; None in Socket Mode (nothing would verify a post).
@@ -131,9 +146,13 @@ class SlackPart:
                                                                          name="slack-delivery")
 
     async def stop(self) -> None:
-        """Stop taking requests, then let the delivery finish the pass it is in."""
+        """Stop taking requests, finish the work of those acknowledged, then let the delivery finish its pass.
+
+        In HTTP mode serve has stopped its listener (no new requests) before this.
+        """
         if self.socket_mode is not None:
             await self.socket_mode.stop()
+        await self.listeners.finish(LISTENER_GRACE_SECONDS)
         self._stop.set()
         if self._delivery_task is not None:
             await self._delivery_task

@@ -18,6 +18,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import command_text as ct
+from bot.acknowledge import AckFirst
 from bot import modals
 from bot.blocks import ACTION_DIGEST_LIST, escape, money, triage_card
 from bot.metrics_text import metrics_period, metrics_text
@@ -39,10 +40,11 @@ QUARANTINE_LIMIT = 15
 STORE_DOWN = "The store is not answering right now, so nothing was done. Try again in a minute."
 
 
-def register(app: AsyncApp, core: AsyncCore, command: str) -> None:
+def register(app: AsyncApp, core: AsyncCore, command: str, ack_first: AckFirst) -> None:
     """Route ``command`` (e.g. ``/sd``) to :func:`answer`."""
 
     @app.command(command)
+    @ack_first
     async def on_command(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
                          respond: AsyncRespond, client: AsyncWebClient) -> None:
         parsed = ct.parse(body.get("text", ""))
@@ -57,6 +59,7 @@ def register(app: AsyncApp, core: AsyncCore, command: str) -> None:
         await respond(response_type="ephemeral", replace_original=False, **reply)
 
     @app.action(ACTION_DIGEST_LIST)
+    @ack_first
     async def on_digest_list(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext,
                              respond: AsyncRespond) -> None:
         """A digest's drill-down button: the list behind a figure, as ``/sd list …`` would show it, to the clicker."""

@@ -15,6 +15,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.acknowledge import AckFirst
 from bot.blocks import escape
 from bot.guard import home_team
 from core.errors import StoreUnavailable, SupportdeskError
@@ -34,8 +35,9 @@ NOT_KEPT = ("Your note on {key} was not kept: {why} Slack does not send it again
             "once more in a minute.")
 
 
-def register(app: AsyncApp, core: AsyncCore) -> None:
+def register(app: AsyncApp, core: AsyncCore, ack_first: AckFirst) -> None:
     @app.event("message")
+    @ack_first
     async def on_message(event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient) -> None:
         await note_from_thread(core, event, home_team(context), client)
 

@@ -34,6 +34,7 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.acknowledge import AckFirst
 from bot.blocks import (
     FIELD_LIMIT,
     HEADER_LIMIT,
@@ -75,10 +76,11 @@ _KIND_WORDS = {"credit": "Credit", "refund": "Refund", "write_off": "Write-off"}
 # --- the listener ------------------------------------------------------------------
 
 
-def register(app: AsyncApp, core: AsyncCore) -> None:
+def register(app: AsyncApp, core: AsyncCore, ack_first: AckFirst) -> None:
     """Answer ``app_home_opened`` (Bolt acknowledges events before a listener runs)."""
 
     @app.event("app_home_opened")
+    @ack_first
     async def on_home_opened(event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient) -> None:
         await publish_home(core, client, event, home_team(context))
 
