@@ -73,8 +73,9 @@ def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, chan
     for middleware in make_middleware(core):
         app.middleware(middleware)
     ack_first = ack_first or AckFirst()
-    commands.register(app, core, settings.slash_command, ack_first)
+    # Bolt tries listeners in the order registered: card buttons, the most frequent requests, first.
     actions.register(app, core, changed, ack_first)
+    commands.register(app, core, settings.slash_command, ack_first)
     events.register(app, core, ack_first)
     home.register(app, core, ack_first)
 

@@ -189,7 +189,9 @@ def serve(settings: Settings) -> int:
 
 async def _run(store: Store) -> None:
     settings = store.settings
-    core = AsyncCore(store)
+    # Only the Slack app makes changes through the façade; with it, they run in a writer process of their own.
+    core = AsyncCore(store, writer_process=slack_plan(settings).start)
+    await asyncio.to_thread(core.start)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

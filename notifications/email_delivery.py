@@ -169,6 +169,11 @@ def _hand_over(store: Store, transport: Transport, item: OutboxItem, message: Em
     return "sent"
 
 
+# Woken by a change, the worker waits this long before its pass, so that a burst of changes (fifty
+# clicks in Slack, a batch of mail filed) becomes one pass, not one each: a pass is a write transaction.
+WAKE_COALESCE_SECONDS = 0.1
+
+
 async def run_email_delivery(
     store: Store,
     transport: Transport,
@@ -188,6 +193,8 @@ async def run_email_delivery(
         report = await _one_pass(store, transport, stop)
         if report.claimed < BATCH_SIZE:
             await _sleep(stop, wake, interval)
+            if wake is not None and wake.is_set() and not stop.is_set():
+                await _sleep(stop, None, WAKE_COALESCE_SECONDS)
 
 
 async def _one_pass(store: Store, transport: Transport, stop: asyncio.Event) -> DeliveryReport:

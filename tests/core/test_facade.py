@@ -1,14 +1,23 @@
-"""The async façade runs service calls off the event loop, one writer thread on SQLite."""
+"""The async façade runs service calls off the event loop: one writer thread on SQLite, or a writer process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 
+import pytest
+
 from core import services
-from core.facade import AsyncCore
+from core.clock import SystemClock
+from core.db import make_engine
+from core.errors import StoreUnavailable, TransitionRefused
+from core.facade import WRITER_NICENESS, AsyncCore
 from core.queries import get_request_detail
+from core.settings import Settings
 from core.store import Store
+from tests.conftest import Database
 from tests.factories import AGENT, open_request, seed
 
 
@@ -85,3 +94,74 @@ def test_reads_do_not_queue_behind_a_write_in_progress(store: Store) -> None:
             core.close()
 
     assert asyncio.run(scenario()) == key
+
+
+# --- in a writer process of its own (what serve uses with Slack) -------------------------------------------
+
+
+def pid_and_niceness(_store: Store) -> tuple[int, int]:
+    """A service-shaped function the writer process runs by reference (so it lives at module level)."""
+    return os.getpid(), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def wall_clock_store(database: Database) -> Store:
+    return Store(make_engine(database.url), SystemClock(), Settings(database_url=database.url))
+
+
+def test_a_writer_process_makes_the_changes_niced_below_serve_and_raises_their_errors_here(
+    store: Store, database: Database
+) -> None:
+    seed(store)
+    key = open_request(store).key
+    wall = wall_clock_store(database)
+
+    async def scenario() -> tuple[tuple[int, int], str, str, int | None]:
+        core = AsyncCore(wall, writer_process=True)
+        try:
+            core.start()
+            where = await core.call(pid_and_niceness)
+            claimed = await core.call(services.claim, key, actor=AGENT)
+            with pytest.raises(TransitionRefused) as refused:
+                await core.call(services.claim, key, actor=AGENT)
+            return where, claimed.status, str(refused.value), core.writer_pid
+        finally:
+            core.close()
+            wall.dispose()
+
+    (pid, niceness), status, refusal, writer_pid = asyncio.run(scenario())
+    assert pid != os.getpid() and pid == writer_pid
+    assert niceness == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WRITER_NICENESS)
+    assert status == "assigned" and get_request_detail(store, key).request.status == "assigned"
+    assert refusal == f"{key} was already claimed by Alice Agent ({AGENT}); it is assigned"
+
+
+def test_a_dead_writer_process_fails_the_call_in_hand_and_the_next_call_starts_a_new_one(
+    store: Store, database: Database
+) -> None:
+    seed(store)
+    key = open_request(store).key
+    wall = wall_clock_store(database)
+
+    async def scenario() -> tuple[int, int, str]:
+        core = AsyncCore(wall, writer_process=True)
+        try:
+            first, _ = await core.call(pid_and_niceness)
+            os.kill(first, signal.SIGKILL)
+            with pytest.raises(StoreUnavailable, match="writer process stopped"):
+                for _ in range(50):  # until the pool has seen the death (at once, or at the next call)
+                    await core.call(pid_and_niceness)
+                    await asyncio.sleep(0.05)
+            second, _ = await core.call(pid_and_niceness)
+            view = await core.call(services.claim, key, actor=AGENT)
+            return first, second, view.status
+        finally:
+            core.close()
+            wall.dispose()
+
+    first, second, status = asyncio.run(scenario())
+    assert second != first and status == "assigned"
+
+
+def test_a_writer_process_needs_the_wall_clock(store: Store) -> None:
+    with pytest.raises(ValueError, match="wall clock"):
+        AsyncCore(store, writer_process=True)
