@@ -72,10 +72,11 @@ class AckFirst:
     async def finish(self, timeout: float) -> None:
         """Wait for the work of requests already acknowledged: each was answered, so each should happen.
 
-        Every step of that work is bounded already (the Web API client's
-        timeout, the store's busy timeout), so this normally ends on its own;
-        after ``timeout`` seconds what is left is cancelled and logged, so a
-        stopping serve cannot hang on it.
+        Each step of that work is bounded (the Web API client's timeout, the
+        store's busy timeout), though a change may first wait its turn behind
+        a burst of others in the writer process; after ``timeout`` seconds
+        what is left is cancelled and logged, so a stopping serve cannot hang
+        on it.
         """
         deadline = asyncio.get_running_loop().time() + timeout
         while self._running:

@@ -24,7 +24,7 @@ from bot import modals
 from bot.acknowledge import AckFirst
 from bot.guard import agent_of
 from core import services
-from core.errors import InvalidInput, StoreUnavailable, SupportdeskError
+from core.errors import ChangeUncertain, InvalidInput, StoreUnavailable, SupportdeskError
 from core.facade import AsyncCore
 from core.queries import get_message, reply_preview
 from core.services.cards import approval_card as approval_card_view
@@ -232,8 +232,8 @@ class _Actions:
         """Make one change; tell the clicker, and only them, if it was refused."""
         try:
             await self.core.call(service, *args, **kwargs)
-        except StoreUnavailable:
-            await _tell(respond, STORE_DOWN)
+        except StoreUnavailable as exc:
+            await _tell(respond, _store_trouble(exc))
             return
         except SupportdeskError as exc:
             await _tell(respond, str(exc))
@@ -246,18 +246,24 @@ class _Actions:
 
         The submission is acknowledged only after core answered (well within
         Slack's 3 s for one transaction), because that answer decides
-        whether the modal closes.
+        whether the modal closes; so the change is made in serve itself
+        (``call_before_ack``), never queued behind a burst of clicks' claims.
         """
         try:
-            await self.core.call(service, *args, **kwargs)
-        except StoreUnavailable:
-            await ack(response_action="errors", errors={field: STORE_DOWN})
+            await self.core.call_before_ack(service, *args, **kwargs)
+        except StoreUnavailable as exc:
+            await ack(response_action="errors", errors={field: _store_trouble(exc)})
             return
         except SupportdeskError as exc:
             await ack(response_action="errors", errors={field: str(exc)[:300]})
             return
         await ack()
         self.changed()
+
+
+def _store_trouble(exc: StoreUnavailable) -> str:
+    """What to tell the user when the store did not answer: nothing was done, or it cannot be known."""
+    return str(exc)[:300] if isinstance(exc, ChangeUncertain) else STORE_DOWN
 
 
 def _action(body: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 its middleware (each event once, agents only) and listeners (the slash
 command, card buttons and modals, thread notes), the way Slack's requests
 reach it, and the outbox worker that posts and updates cards. All of them
-reach the store only through core's service functions on the database pool.
+reach the store only through core's service functions, through :class:`core.facade.AsyncCore`.
 
 Slack's requests arrive one of two ways, with everything else the same:
 HTTP mode (Slack posts signed requests to ``/slack/events``) or, when
@@ -38,9 +38,10 @@ from core.settings import Settings
 log = logging.getLogger("supportdesk.slack")
 
 # How long a stopping serve waits at most for work already acknowledged (a claim, a modal being opened):
-# a service call takes milliseconds and a Web API call times out after 30 s, so this is only reached by a
-# backlog of thousands of clicks; within systemd's default 90 s to stop.
-LISTENER_GRACE_SECONDS = 75.0
+# a service call takes milliseconds and a Web API attempt times out after 10 s, so this is only reached by
+# a backlog of thousands of clicks; it leaves the other steps of stopping room within the 60 s the README's
+# systemd unit gives serve.
+LISTENER_GRACE_SECONDS = 20.0
 
 
 def create_app(core: AsyncCore, client: AsyncWebClient, settings: Settings, changed: actions.Changed,

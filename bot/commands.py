@@ -24,7 +24,7 @@ from bot.blocks import ACTION_DIGEST_LIST, escape, money, triage_card
 from bot.metrics_text import metrics_period, metrics_text
 from bot.guard import agent_of
 from core import services
-from core.errors import StoreUnavailable, SupportdeskError
+from core.errors import ChangeUncertain, StoreUnavailable, SupportdeskError
 from core.facade import AsyncCore
 from core.metrics import compute_metrics
 from core.queries import ADJUSTMENT_DAYS, RequestFilter, breached_requests, customer_summary, list_requests
@@ -80,6 +80,8 @@ async def answer(core: AsyncCore, command: ct.Command, actor: str, name: str) ->
         return {"text": ct.help_text(name)}
     try:
         return await handler(core, command, actor)
+    except ChangeUncertain as exc:
+        return {"text": f":warning: {escape(str(exc))}"}
     except StoreUnavailable:
         return {"text": STORE_DOWN}
     except SupportdeskError as exc:

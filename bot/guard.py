@@ -15,8 +15,11 @@ core checks the agent again, from the store, when it makes the change.
 Events API deliveries are claimed by ``event_id`` in the store before any
 listener runs (:func:`core.services.slack_state.first_sighting`), so a retry
 Slack sends to this or another instance is answered ``200`` and ignored.
-Bolt acknowledges an event before its listener runs, so a listener that
-fails is not retried by Slack either way; claiming first loses nothing.
+An event is acknowledged as soon as its listener has started (Bolt
+acknowledges events itself, and :mod:`bot.acknowledge` returns at once for
+listeners without ``ack``), so a listener that fails is not retried by Slack
+either way; claiming first loses nothing. The claim is made in serve itself
+(``call_before_ack``): the acknowledgment waits for it.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def make_middleware(core: AsyncCore) -> list[Callable[..., Awaitable[Any]]]:
                    next: Next) -> BoltResponse | None:
         kind = body.get("type")
         if kind == "event_callback" and body.get("event_id"):
-            if not await core.call(first_sighting, str(body["event_id"])):
+            if not await core.call_before_ack(first_sighting, str(body["event_id"])):
                 log.info("Slack event %s was handled already; this copy is ignored", body["event_id"])
                 return BoltResponse(status=200, body="")
         if kind in ("event_callback", "url_verification", "app_rate_limited"):

@@ -77,7 +77,7 @@ _KIND_WORDS = {"credit": "Credit", "refund": "Refund", "write_off": "Write-off"}
 
 
 def register(app: AsyncApp, core: AsyncCore, ack_first: AckFirst) -> None:
-    """Answer ``app_home_opened`` (Bolt acknowledges events before a listener runs)."""
+    """Answer ``app_home_opened`` (acknowledged as soon as the listener starts: see :mod:`bot.acknowledge`)."""
 
     @app.event("app_home_opened")
     @ack_first

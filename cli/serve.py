@@ -1,10 +1,12 @@
-"""``supportdesk serve``: every configured part in one process and one event loop.
+"""``supportdesk serve``: every configured part in one event loop, with helper processes for CPU work.
 
 It opens the store and brings its schema up to date, then starts each part
 that is configured and says, for each one that does not start, why not. It
 runs until SIGTERM or SIGINT. The SMTP listener, its commits and e-mail
 delivery share the event loop; filing accepted mail (parsing is CPU work)
-runs in a child process the loop supervises, so the listener keeps a core.
+runs in a child process the loop supervises, so the listener keeps a core;
+with Slack, the changes the Slack app asks for are made in a writer process
+(``core.facade``) for the same reason.
 The HTTP listener (``/health``, ``/metrics``, and ``/slack/events`` when
 Slack runs in HTTP mode) is serve's own, so it answers with or without Slack.
 """

@@ -53,3 +53,9 @@ class StoreUnavailable(SupportdeskError):
 
 class StoreBusy(StoreUnavailable):
     """SQLite's write lock is held by another writer: it will be free in moments, so a caller may retry at once."""
+
+
+class ChangeUncertain(StoreUnavailable):
+    """The process making the change stopped before it answered: the change may or may not have been made."""
+
+    code = "change_uncertain"

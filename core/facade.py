@@ -9,8 +9,8 @@ Writes (:meth:`AsyncCore.call`) run in one of two places:
   one writer anyway, so queueing in Python is cheaper than spinning on the
   busy lock; several on PostgreSQL, to overlap round trips). This is the
   default, and what tests with a controlled clock use;
-- with ``writer_process=True`` (what ``serve`` uses), a process of its own,
-  niced below serve. A service call is several milliseconds of Python
+- with ``writer_process=True`` (what ``serve`` uses with Slack), a process
+  of its own, niced below serve. A service call is several milliseconds of Python
   (ORM, SLA clocks, the audit chain); in serve's interpreter that work
   shares one lock with the event loop, and a burst of Slack clicks queued
   behind it halved how fast serve could acknowledge the next clicks. In a
@@ -18,12 +18,17 @@ Writes (:meth:`AsyncCore.call`) run in one of two places:
   busy the kernel gives the loop, which answers Slack and SMTP, the CPU
   first. The call is sent by reference (module and name), its arguments and
   its result (views, plain data) pickled, errors raised again in serve as
-  they were raised. If the process dies, the call in hand fails with
-  :class:`StoreUnavailable` and the next call starts a new one.
+  they were raised. If the process dies, the calls it had not answered
+  fail with :class:`ChangeUncertain` (they may or may not have been made),
+  and the next call starts a new one.
 
 Reads (:meth:`AsyncCore.read`) have a thread pool of their own in serve: in
 WAL mode SQLite readers never wait for the writer, so a lookup on the way to
-a Slack acknowledgment does not queue behind a burst of claims.
+a Slack acknowledgment does not queue behind a burst of claims. For the same
+reason the writes that must happen *before* an acknowledgment (claiming a
+Slack event's id, so a retry is not handled twice; a modal's submission,
+whose answer decides whether the modal closes) have
+:meth:`AsyncCore.call_before_ack`, which stays in this process.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TypeVar
 
 from core.clock import SystemClock
-from core.errors import StoreUnavailable
+from core.errors import ChangeUncertain, StoreUnavailable
 from core.log_format import configure_logging
 from core.settings import Settings
 from core.store import Store
@@ -58,6 +63,7 @@ READ_WORKERS = 4
 # Slack clicks more slowly (bench/slack.py).
 WRITER_NICENESS = 10
 PARENT_CHECK_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 60.0  # spawning takes about a second; a machine swapping hard may take much longer
 
 
 class AsyncCore:
@@ -70,13 +76,15 @@ class AsyncCore:
         self.store = store
         self._writer: _WriterProcess | None = None
         self._pool: Executor
+        self._before_ack: Executor
         if writer_process:
             if not isinstance(store.clock, SystemClock):
                 raise ValueError("a writer process keeps the wall clock; this store has another clock")
             self._writer = _WriterProcess(store.settings)
+            self._before_ack = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supportdesk-db-ack")
         else:
             size = workers or (1 if store.is_sqlite else POSTGRES_WORKERS)
-            self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="supportdesk-db")
+            self._pool = self._before_ack = ThreadPoolExecutor(max_workers=size, thread_name_prefix="supportdesk-db")
         self._reads = ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="supportdesk-db-read")
 
     def start(self) -> None:
@@ -96,6 +104,13 @@ class AsyncCore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(service, self.store, *args, **kwargs))
 
+    async def call_before_ack(self, service: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`call` for a short write Slack's acknowledgment waits for: in this process, never queued
+        behind the writer process's backlog (a burst of clicks) while Slack's 3 seconds run."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._before_ack,
+                                          functools.partial(service, self.store, *args, **kwargs))
+
     async def read(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a read-only ``query(self.store, ...)`` on the read pool; it must not write."""
         loop = asyncio.get_running_loop()
@@ -107,23 +122,33 @@ class AsyncCore:
             self._writer.close()
         else:
             self._pool.shutdown(wait=True)
+        self._before_ack.shutdown(wait=True)
         self._reads.shutdown(wait=True)
 
 
 class _WriterProcess:
-    """One spawned process running service calls one at a time, restarted when it dies."""
+    """One spawned process running service calls one at a time, replaced when it dies."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def start(self) -> ProcessPoolExecutor:
+        """The running pool, started first if there is none; :class:`StoreUnavailable` if it cannot start."""
         with self._lock:
+            if self._closed:
+                raise StoreUnavailable("serve is stopping, so this change was not made")
             if self._pool is None:
                 pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_writer_main, initargs=(self._settings,))
-                pool.submit(_ready).result()  # the process is up and its store opened
+                try:
+                    pool.submit(_ready).result(timeout=START_TIMEOUT_SECONDS)  # up, and its store opened
+                except Exception as exc:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    log.error("the writer process did not start: %s", exc.__class__.__name__, exc_info=exc)
+                    raise StoreUnavailable("the writer process did not start, so this change was not made") from None
                 self._pool = pool
                 log.info("writer process %s started", self.pid)
             return self._pool
@@ -134,17 +159,25 @@ class _WriterProcess:
         return next(iter(processes), None)
 
     async def call(self, service: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        pool = self._pool or await asyncio.to_thread(self.start)
-        try:
-            return await asyncio.wrap_future(pool.submit(_run, service, args, kwargs))
-        except BrokenProcessPool:
-            self._forget(pool)
-            raise StoreUnavailable("the writer process stopped while making this change, so it may not "
-                                   "have been made; look before trying again") from None
+        for _ in range(2):
+            pool = self._pool or await asyncio.to_thread(self.start)
+            try:
+                future = pool.submit(_run, service, args, kwargs)
+            except BrokenProcessPool:  # it died while idle: this call never reached it, so a new one may make it
+                self._forget(pool)
+                continue
+            try:
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool:
+                self._forget(pool)
+                raise ChangeUncertain("the writer process stopped before it answered, so this change may or may "
+                                      "not have been made; look before making it again") from None
+        raise StoreUnavailable("the writer process stopped twice in a row, so this change was not made")
 
     def close(self) -> None:
+        """Let the process finish what is queued, then stop it; later calls are refused."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -154,7 +187,7 @@ class _WriterProcess:
             if self._pool is pool:
                 self._pool = None
                 log.error("the writer process stopped unexpectedly; a new one starts with the next change")
-        pool.shutdown(wait=False)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 _store: Store | None = None

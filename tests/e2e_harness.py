@@ -49,9 +49,11 @@ from bot.blocks import card_request_key
 from core import migrate, services
 from core.clock import Clock, SystemClock
 from core.db import make_engine
+from core.facade import WRITER_NICENESS
 from core.models import Event, Message, OutboxMessage, ReceivedMail, Request
 from core.settings import Settings
 from core.store import Store
+from intake.processor import NICENESS as PROCESSOR_NICENESS
 from tests import factories
 from tests.conftest import ADMIN_URL
 from tests.intake.gateway import message
@@ -598,17 +600,29 @@ def _is_spawned_worker(pid: int) -> bool:
     return "spawn_main" in cmdline(pid)
 
 
+def _niced_child(parent: int, children: Sequence[int], niceness: int) -> int | None:
+    """The oldest of ``children`` running ``niceness`` steps below ``parent`` (how serve starts its helpers)."""
+    base = stat_fields(parent)
+    if base is None:
+        return None
+    wanted = min(19, int(base[16]) + niceness)  # field 19 of /proc/PID/stat: the nice value
+    found = {p: int(fields[19]) for p in children
+             if (fields := stat_fields(p)) is not None and int(fields[16]) == wanted}
+    return min(found, key=lambda p: found[p]) if found else None
+
+
 class PeakMemory(threading.Thread):
     """The peak memory (RSS) of each node's processes, by role, sampled from /proc every ``interval`` seconds;
     follows a node across restarts.
 
-    Roles: ``serve``; ``mail processor`` (serve's oldest spawned child, alive as long as serve); ``other``
-    (the largest of the rest: a digest child while the leader makes a digest, the resource tracker, parser
-    workers); ``tree`` and ``tree pss``, the whole tree summed at one instant (RSS counts pages the processes
-    share in each of them, PSS divides them).
+    Roles: ``serve``; ``mail processor`` and ``writer`` (serve's spawned children niced by the processor's
+    and the writer process's niceness over serve's, alive as long as serve); ``other`` (the largest of the
+    rest: a digest child while the leader makes a digest, the resource tracker, parser workers); ``tree``
+    and ``tree pss``, the whole tree summed at one instant (RSS counts pages the processes share in each of
+    them, PSS divides them).
     """
 
-    ROLES = ("serve", "mail processor", "other", "tree", "tree pss")
+    ROLES = ("serve", "mail processor", "writer", "other", "tree", "tree pss")
 
     def __init__(self, nodes: Sequence[Node], interval: float = 0.5) -> None:
         super().__init__(name="peak-memory", daemon=True)
@@ -628,10 +642,11 @@ class PeakMemory(threading.Thread):
         tree = process_tree(pid)
         resident = {p: rss_kb(p) for p in tree}
         spawned = [p for p, parent in tree.items() if parent == pid and _is_spawned_worker(p)]
-        started = {p: int(fields[19]) for p in spawned if (fields := stat_fields(p)) is not None}
-        processor = min(started, key=lambda p: started[p]) if started else None
-        others = [kb for p, kb in resident.items() if p not in (pid, processor)]
+        processor = _niced_child(pid, spawned, PROCESSOR_NICENESS)
+        writer = _niced_child(pid, spawned, WRITER_NICENESS)
+        others = [kb for p, kb in resident.items() if p not in (pid, processor, writer)]
         seen = {"serve": resident[pid], "mail processor": resident.get(processor, 0) if processor else 0,
+                "writer": resident.get(writer, 0) if writer else 0,
                 "other": max(others, default=0), "tree": sum(resident.values()),
                 "tree pss": sum(pss_kb(p) for p in tree)}
         peaks = self.peak_kb[name]

@@ -6,13 +6,14 @@ import asyncio
 import os
 import signal
 import threading
+import time
 
 import pytest
 
 from core import services
 from core.clock import SystemClock
 from core.db import make_engine
-from core.errors import StoreUnavailable, TransitionRefused
+from core.errors import ChangeUncertain, StoreUnavailable, TransitionRefused
 from core.facade import WRITER_NICENESS, AsyncCore
 from core.queries import get_request_detail
 from core.settings import Settings
@@ -115,7 +116,7 @@ def test_a_writer_process_makes_the_changes_niced_below_serve_and_raises_their_e
     key = open_request(store).key
     wall = wall_clock_store(database)
 
-    async def scenario() -> tuple[tuple[int, int], str, str, int | None]:
+    async def scenario() -> tuple[tuple[int, int], str, str, int | None, int]:
         core = AsyncCore(wall, writer_process=True)
         try:
             core.start()
@@ -123,43 +124,73 @@ def test_a_writer_process_makes_the_changes_niced_below_serve_and_raises_their_e
             claimed = await core.call(services.claim, key, actor=AGENT)
             with pytest.raises(TransitionRefused) as refused:
                 await core.call(services.claim, key, actor=AGENT)
-            return where, claimed.status, str(refused.value), core.writer_pid
+            before_ack, _ = await core.call_before_ack(pid_and_niceness)
+            return where, claimed.status, str(refused.value), core.writer_pid, before_ack
         finally:
             core.close()
             wall.dispose()
 
-    (pid, niceness), status, refusal, writer_pid = asyncio.run(scenario())
+    (pid, niceness), status, refusal, writer_pid, before_ack = asyncio.run(scenario())
     assert pid != os.getpid() and pid == writer_pid
+    assert before_ack == os.getpid()  # the write an acknowledgment waits for never queues behind the writer
     assert niceness == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WRITER_NICENESS)
     assert status == "assigned" and get_request_detail(store, key).request.status == "assigned"
     assert refusal == f"{key} was already claimed by Alice Agent ({AGENT}); it is assigned"
 
 
-def test_a_dead_writer_process_fails_the_call_in_hand_and_the_next_call_starts_a_new_one(
+def sleep_in_writer(_store: Store, seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_dead_writer_process_is_replaced_and_a_change_it_did_not_answer_is_reported_as_uncertain(
     store: Store, database: Database
 ) -> None:
     seed(store)
     key = open_request(store).key
     wall = wall_clock_store(database)
 
-    async def scenario() -> tuple[int, int, str]:
+    async def scenario() -> tuple[int, int, int, str, str]:
         core = AsyncCore(wall, writer_process=True)
         try:
             first, _ = await core.call(pid_and_niceness)
-            os.kill(first, signal.SIGKILL)
-            with pytest.raises(StoreUnavailable, match="writer process stopped"):
-                for _ in range(50):  # until the pool has seen the death (at once, or at the next call)
-                    await core.call(pid_and_niceness)
+            os.kill(first, signal.SIGKILL)  # while idle: the next call never reached it, so it is made by a new one
+            for _ in range(100):
+                try:
+                    second, _ = await core.call(pid_and_niceness)
+                    break
+                except ChangeUncertain:  # submitted before the pool had seen the death
                     await asyncio.sleep(0.05)
-            second, _ = await core.call(pid_and_niceness)
+            in_hand = asyncio.ensure_future(core.call(sleep_in_writer, 30.0))
+            await asyncio.sleep(0.5)
+            os.kill(second, signal.SIGKILL)  # while it answers nothing: that change's fate is unknown to serve
+            with pytest.raises(ChangeUncertain) as uncertain:
+                await in_hand
+            third, _ = await core.call(pid_and_niceness)
             view = await core.call(services.claim, key, actor=AGENT)
-            return first, second, view.status
+            return first, second, third, view.status, str(uncertain.value)
         finally:
             core.close()
             wall.dispose()
 
-    first, second, status = asyncio.run(scenario())
-    assert second != first and status == "assigned"
+    first, second, third, status, uncertain = asyncio.run(scenario())
+    assert len({first, second, third}) == 3 and status == "assigned"
+    assert "may or may not have been made" in uncertain
+
+
+def test_a_closed_writer_refuses_changes_instead_of_starting_again(store: Store, database: Database) -> None:
+    wall = wall_clock_store(database)
+
+    async def scenario() -> None:
+        core = AsyncCore(wall, writer_process=True)
+        await core.call(pid_and_niceness)
+        core.close()
+        with pytest.raises(StoreUnavailable, match="serve is stopping"):
+            await core.call(pid_and_niceness)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        wall.dispose()
 
 
 def test_a_writer_process_needs_the_wall_clock(store: Store) -> None:
