@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -109,12 +110,20 @@ def wall_clock_store(database: Database) -> Store:
     return Store(make_engine(database.url), SystemClock(), Settings(database_url=database.url))
 
 
-def test_a_writer_process_makes_the_changes_niced_below_serve_and_raises_their_errors_here(
-    store: Store, database: Database
-) -> None:
+@pytest.fixture
+def on_the_wall_clock(store: Store, database: Database) -> Iterator[tuple[Store, str]]:
+    """The test database seeded, with one new request, opened again on the wall clock (as serve opens it)."""
     seed(store)
     key = open_request(store).key
     wall = wall_clock_store(database)
+    yield wall, key
+    wall.dispose()
+
+
+def test_a_writer_process_makes_the_changes_niced_below_serve_and_raises_their_errors_here(
+    store: Store, on_the_wall_clock: tuple[Store, str]
+) -> None:
+    wall, key = on_the_wall_clock
 
     async def scenario() -> tuple[tuple[int, int], str, str, int | None, int]:
         core = AsyncCore(wall, writer_process=True)
@@ -128,7 +137,6 @@ def test_a_writer_process_makes_the_changes_niced_below_serve_and_raises_their_e
             return where, claimed.status, str(refused.value), core.writer_pid, before_ack
         finally:
             core.close()
-            wall.dispose()
 
     (pid, niceness), status, refusal, writer_pid, before_ack = asyncio.run(scenario())
     assert pid != os.getpid() and pid == writer_pid
@@ -143,11 +151,9 @@ def sleep_in_writer(_store: Store, seconds: float) -> None:
 
 
 def test_a_dead_writer_process_is_replaced_and_a_change_it_did_not_answer_is_reported_as_uncertain(
-    store: Store, database: Database
+    on_the_wall_clock: tuple[Store, str]
 ) -> None:
-    seed(store)
-    key = open_request(store).key
-    wall = wall_clock_store(database)
+    wall, key = on_the_wall_clock
 
     async def scenario() -> tuple[int, int, int, str, str]:
         core = AsyncCore(wall, writer_process=True)
@@ -170,15 +176,14 @@ def test_a_dead_writer_process_is_replaced_and_a_change_it_did_not_answer_is_rep
             return first, second, third, view.status, str(uncertain.value)
         finally:
             core.close()
-            wall.dispose()
 
     first, second, third, status, uncertain = asyncio.run(scenario())
     assert len({first, second, third}) == 3 and status == "assigned"
     assert "may or may not have been made" in uncertain
 
 
-def test_a_closed_writer_refuses_changes_instead_of_starting_again(store: Store, database: Database) -> None:
-    wall = wall_clock_store(database)
+def test_a_closed_writer_refuses_changes_instead_of_starting_again(on_the_wall_clock: tuple[Store, str]) -> None:
+    wall, _key = on_the_wall_clock
 
     async def scenario() -> None:
         core = AsyncCore(wall, writer_process=True)
@@ -187,10 +192,7 @@ def test_a_closed_writer_refuses_changes_instead_of_starting_again(store: Store,
         with pytest.raises(StoreUnavailable, match="serve is stopping"):
             await core.call(pid_and_niceness)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        wall.dispose()
+    asyncio.run(scenario())
 
 
 def test_a_writer_process_needs_the_wall_clock(store: Store) -> None:
