@@ -18,8 +18,8 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import command_text as ct
-from bot.acknowledge import AckFirst
 from bot import modals
+from bot.acknowledge import AckFirst
 from bot.blocks import ACTION_DIGEST_LIST, escape, money, triage_card
 from bot.metrics_text import metrics_period, metrics_text
 from bot.guard import agent_of
