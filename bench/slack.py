@@ -203,8 +203,13 @@ class Target:
         }
 
     def stop(self) -> None:
+        """SIGTERM (serve first finishes the claims it acknowledged), then SIGKILL if that takes over a minute."""
         self.process.terminate()
-        self.process.wait(60)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
 
 def tree_cpu(pid: int) -> float:
