@@ -55,7 +55,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.intake.serve_process import free_port, wait_for_port  # noqa: E402
+from tests.intake.serve_process import free_port, serve_env, wait_for_port  # noqa: E402
 from tests.proc_stats import children_of, cpu_seconds  # noqa: E402
 from tests.slack.fake_slack import FakeSlack  # noqa: E402
 from tests.slack.signing import (  # noqa: E402
@@ -243,12 +243,10 @@ def start_bare(fake: FakeSlack, name: str, mode: str = "defaults") -> Target:
 
 
 def start_supportdesk(fake: FakeSlack, database_url: str, workdir: Path) -> Target:
-    http_port, smtp_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SUPPORTDESK_DATABASE_URL": database_url,
-           "SUPPORTDESK_SMTP_LISTEN": f"127.0.0.1:{smtp_port}", "SUPPORTDESK_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-           "SUPPORTDESK_OUTGOING_MAILDIR": str(workdir / "outgoing"), "SLACK_BOT_TOKEN": fake.token,
-           "SLACK_SIGNING_SECRET": DEFAULT_SIGNING_SECRET, "SUPPORTDESK_SLACK_API_URL": fake.base_url,
-           "SUPPORTDESK_TRIAGE_CHANNEL": TRIAGE_CHANNEL.id}
+    http_port = free_port()
+    env = serve_env(database_url, free_port(), workdir, SUPPORTDESK_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+                    SLACK_BOT_TOKEN=fake.token, SLACK_SIGNING_SECRET=DEFAULT_SIGNING_SECRET,
+                    SUPPORTDESK_SLACK_API_URL=fake.base_url, SUPPORTDESK_TRIAGE_CHANNEL=TRIAGE_CHANNEL.id)
     log = (workdir / "serve.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env, cwd=workdir, stdout=log,
                                stderr=subprocess.STDOUT)

@@ -132,6 +132,7 @@ class _WriterProcess:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool: ProcessPoolExecutor | None = None
+        self.pid: int | None = None  # the running writer's, as it told us when it started
         self._closed = False
         self._lock = threading.Lock()
 
@@ -144,19 +145,14 @@ class _WriterProcess:
                 pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_writer_main, initargs=(self._settings,))
                 try:
-                    pool.submit(_ready).result(timeout=START_TIMEOUT_SECONDS)  # up, and its store opened
+                    pid = pool.submit(_ready).result(timeout=START_TIMEOUT_SECONDS)  # up, and its store opened
                 except Exception as exc:
                     pool.shutdown(wait=False, cancel_futures=True)
                     log.error("the writer process did not start: %s", exc.__class__.__name__, exc_info=exc)
                     raise StoreUnavailable("the writer process did not start, so this change was not made") from None
-                self._pool = pool
-                log.info("writer process %s started", self.pid)
+                self._pool, self.pid = pool, pid
+                log.info("writer process %s started", pid)
             return self._pool
-
-    @property
-    def pid(self) -> int | None:
-        processes = getattr(self._pool, "_processes", None) or {}
-        return next(iter(processes), None)
 
     async def call(self, service: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         for _ in range(2):
@@ -177,7 +173,7 @@ class _WriterProcess:
     def close(self) -> None:
         """Let the process finish what is queued, then stop it; later calls are refused."""
         with self._lock:
-            pool, self._pool, self._closed = self._pool, None, True
+            pool, self._pool, self.pid, self._closed = self._pool, None, None, True
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -185,7 +181,7 @@ class _WriterProcess:
         """A dead process: the next call starts a new one."""
         with self._lock:
             if self._pool is pool:
-                self._pool = None
+                self._pool, self.pid = None, None
                 log.error("the writer process stopped unexpectedly; a new one starts with the next change")
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -214,8 +210,10 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _ready() -> bool:
-    return _store is not None
+def _ready() -> int:
+    """The writer's pid, once its store is open."""
+    assert _store is not None, "the writer process has no store"
+    return os.getpid()
 
 
 def _run(service: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:

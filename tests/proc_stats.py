@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 
 
-def stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or None once it is gone."""
+def stat_fields(pid: int, thread: int | None = None) -> list[str] | None:
+    """The fields of /proc/PID/stat (or of one thread's, /proc/PID/task/TID/stat) after the command name
+    (state, ppid, ...), or None once it is gone."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
+        with open(path, "rb") as handle:
             raw = handle.read()
     except OSError:
         return None
@@ -64,11 +66,7 @@ def cmdline(pid: int) -> str:
 
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
     """CPU time (user + system) a process, or one of its threads, has used so far; 0 once it is gone."""
-    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError:
+    fields = stat_fields(pid, thread)
+    if fields is None:
         return 0.0
-    fields = raw[raw.rfind(b")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
