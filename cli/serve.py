@@ -2,11 +2,12 @@
 
 It opens the store and brings its schema up to date, then starts each part
 that is configured and says, for each one that does not start, why not. It
-runs until SIGTERM or SIGINT. The SMTP listener, its commits and e-mail
-delivery share the event loop; filing accepted mail (parsing is CPU work)
-runs in a child process the loop supervises, so the listener keeps a core;
-with Slack, the changes the Slack app asks for are made in a writer process
-(``core.facade``) for the same reason.
+runs until SIGTERM or SIGINT. The SMTP listener and its commits share the
+event loop with the Slack app; filing accepted mail and delivering e-mail
+(CPU work) run in a background process the loop supervises
+(``cli.background``), so the listener keeps a core; with Slack, the changes
+the Slack app asks for are made in a writer process (``core.facade``) for
+the same reason.
 The HTTP listener (``/health``, ``/metrics``, and ``/slack/events`` when
 Slack runs in HTTP mode) is serve's own, so it answers with or without Slack.
 """
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cli.background import BackgroundProcess
 from cli.http_listener import HttpListener
 from cli.output import safe_url
 from cli.vitals import ServeVitals
@@ -33,9 +35,6 @@ from core.settings import Settings
 from core.store import Store
 from intake.acceptance import Acceptor
 from intake.listener import SmtpGateway
-from intake.processor import ProcessorProcess
-from notifications.email_delivery import run_email_delivery
-from notifications.mail_transport import transport_for
 from notifications.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -60,7 +59,7 @@ def plan_parts(settings: Settings) -> list[PartPlan]:
         PartPlan("store", True, safe_url(settings.database_url)),
         PartPlan("smtp listener", True,
                  f"on {settings.smtp_listen} for {', '.join(settings.support_addresses)}"),
-        PartPlan("mail processor", True, "files accepted mail in a separate process"),
+        PartPlan("mail processor", True, "files accepted mail and delivers e-mail in a separate process"),
         slack,
         PartPlan("scheduler", True, scheduler_reason(settings, slack.start)),
         PartPlan("outbox delivery", True,
@@ -198,14 +197,13 @@ async def _run(store: Store) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    processor = ProcessorProcess(settings)
-    processor.start()
-    acceptor = Acceptor(store, on_committed=processor.wake)
+    background = BackgroundProcess(settings)
+    background.start()
+    acceptor = Acceptor(store, on_committed=background.mail_committed)
     acceptor.start()
     gateway = SmtpGateway(settings, acceptor)
-    delivery_stop, email_wake = asyncio.Event(), asyncio.Event()
-    slack = _slack_part(core, settings, email_wake.set) if slack_plan(settings).start else None
-    vitals = ServeVitals(core, gateway.counters, processor,
+    slack = _slack_part(core, settings, background.outbox_written) if slack_plan(settings).start else None
+    vitals = ServeVitals(core, gateway.counters, background,
                          slack_mode=("off" if slack is None else "socket_mode" if slack.socket_mode else "http"),
                          slack_counters=slack.api_counters if slack is not None else None)
     listener = (HttpListener(settings.http_listen, vitals, slack_events=slack.events_handler if slack else None)
@@ -213,16 +211,13 @@ async def _run(store: Store) -> None:
     try:
         await _start_listening(settings, gateway, listener, slack)
     except BaseException:
-        processor.stop()
+        background.stop()
         await acceptor.close()
         core.close()
         raise
-    delivery = loop.create_task(
-        run_email_delivery(store, transport_for(settings), delivery_stop, wake=email_wake),
-        name="email-delivery")
 
     def outbox_written() -> None:
-        email_wake.set()
+        background.outbox_written()
         if slack is not None:
             slack.delivery.wake.set()
 
@@ -236,7 +231,7 @@ async def _run(store: Store) -> None:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=5.0)
             except asyncio.TimeoutError:
-                processor.check()
+                background.check()
     finally:
         log.info("stopping: finishing mail in transfer, then the mail processor and deliveries")
         await _stop_step("the scheduler", scheduler.stop())
@@ -247,9 +242,7 @@ async def _run(store: Store) -> None:
             await _stop_step("the Slack app", slack.stop())
         await _stop_step("the SMTP listener", gateway.stop())
         await _stop_step("the commits of accepted mail", acceptor.close())
-        delivery_stop.set()
-        await _stop_step("the e-mail delivery", delivery)
-        await _stop_step("the mail processor", loop.run_in_executor(None, processor.stop))
+        await _stop_step("the mail processor and e-mail delivery", loop.run_in_executor(None, background.stop))
         core.close()
         counters = gateway.counters
         log.info("mail: %d accepted, %d recipients refused, %d temporary failures, %d sessions refused (busy)",

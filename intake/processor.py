@@ -13,8 +13,9 @@ batch in worker processes while the store files the current one: parsing is
 CPU work that needs no database. :func:`process_one` files a single message
 in its own transaction (``quarantine release``).
 
-``serve`` runs this in a separate process (:class:`ProcessorProcess`): parsing
-is CPU work, and a second process gives the SMTP listener its own core.
+``serve`` runs :func:`run_processor` in its background process
+(:mod:`cli.background`): parsing is CPU work, and a second process gives the
+SMTP listener its own core.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import multiprocessing
 import multiprocessing.synchronize
 import os
-import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -32,10 +33,9 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Union
+from typing import Union
 
 from core.errors import StoreUnavailable
-from core.log_format import configure_logging
 from core.services.correspondence import InboundMail, NewAttachment
 from core.services.mail_intake import (
     FilingResult,
@@ -367,121 +367,53 @@ MAX_SETTLE = 2.0
 # sessions find the lock free about two thirds of the time while filing
 # still moves on. PostgreSQL has no such lock and needs no pause.
 SQLITE_YIELD = 2.0
-# Filing runs niced below the listener: when the two cores are busy, the
-# process that answers SMTP sessions gets the CPU.
-NICENESS = 5
+def run_processor(store: Store, wake: Connection, stop: threading.Event | multiprocessing.synchronize.Event, parent: int,
+                  caught_up: Callable[[], None] = lambda: None) -> None:
+    """File a batch at a time until ``stop`` is set or ``parent`` is gone, giving way to the listener.
 
-
-def run_processor(settings: Settings, wake: Connection, stop: multiprocessing.synchronize.Event) -> None:
-    """The processor's main loop: file a batch at a time, giving way to the listener while mail arrives."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    os.nice(NICENESS)
-    parent = os.getppid()
-    store = Store.open(settings)
+    Every byte on ``wake`` means mail was committed. ``caught_up`` is called
+    when nothing is left to file after something was: the acknowledgments
+    that filing queued can go out now, once the burst is filed, rather than
+    compete with it for the store.
+    """
     batch_size = SERVE_SQLITE_BATCH if store.is_sqlite else FILING_BATCH
     give_way = SQLITE_YIELD if store.is_sqlite else 0.0
     os.set_blocking(wake.fileno(), False)
-    try:
-        while not stop.is_set() and os.getppid() == parent:  # a killed serve must not leave us behind
-            _drain(wake)
-            started = time.monotonic()
-            try:
-                done = process_pending(store, limit=batch_size, batch_size=batch_size)
-            except StoreUnavailable as exc:
-                log.warning("mail processor waits for the store: %s", exc)
-                stop.wait(2.0)
-                continue
-            if not done:
-                if wake.poll(1.0):
-                    _settle(wake, MAX_SETTLE)
-            elif give_way and wake.poll(0):  # mail was accepted while this batch was filed
+    filed_since_caught_up = False
+    while not stop.is_set() and os.getppid() == parent:  # a killed serve must not leave us behind
+        drain_wakes(wake)
+        started = time.monotonic()
+        try:
+            done = process_pending(store, limit=batch_size, batch_size=batch_size)
+        except StoreUnavailable as exc:
+            log.warning("mail processor waits for the store: %s", exc)
+            stop.wait(2.0)
+            continue
+        if done:
+            filed_since_caught_up = True
+            if give_way and wake.poll(0):  # mail was accepted while this batch was filed
                 _settle(wake, give_way * (time.monotonic() - started))
-    finally:
-        store.dispose()
+            continue
+        if filed_since_caught_up:
+            filed_since_caught_up = False
+            caught_up()
+        if wake.poll(1.0):
+            _settle(wake, MAX_SETTLE)
 
 
 def _settle(wake: Connection, longest: float) -> None:
     """Wait while wake-ups keep coming less than SETTLE apart, for at most ``longest`` seconds."""
     deadline = time.monotonic() + longest
     while (left := deadline - time.monotonic()) > 0:
-        _drain(wake)
+        drain_wakes(wake)
         if not wake.poll(min(SETTLE, left)):
             return
 
 
-def _drain(wake: Connection) -> None:
-    """Empty the wake pipe: however many commits rang it, one look at the store answers them all."""
+def drain_wakes(wake: Connection) -> None:
+    """Empty a wake pipe: however many times it was rung, one look at the store answers them all."""
     try:
         while os.read(wake.fileno(), 4096):
             pass
     except BlockingIOError:
         pass
-
-
-class ProcessorProcess:
-    """The mail processor as a child process of ``serve``, restarted if it dies.
-
-    ``serve`` wakes it after every commit of accepted mail, from the event
-    loop, so :meth:`wake` must never block: it writes one byte to a
-    non-blocking pipe (a full pipe means the child has a wake-up waiting
-    already). A ``multiprocessing.Event`` would not do: its ``set`` waits
-    until every sleeping waiter has woken.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._context = multiprocessing.get_context("spawn")
-        self._wake_in, self._wake_out = self._context.Pipe(duplex=False)
-        os.set_blocking(self._wake_out.fileno(), False)
-        self._stop = self._context.Event()
-        self._process: Any = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        self._process = self._context.Process(
-            target=_child_main, args=(self._settings, self._wake_in, self._stop), name="supportdesk-mail-processor",
-            daemon=True,
-        )
-        self._process.start()
-
-    def wake(self) -> None:
-        try:
-            os.write(self._wake_out.fileno(), b"\0")
-        except (BlockingIOError, BrokenPipeError):  # already rung, or the child is gone and check() restarts it
-            pass
-
-    def check(self) -> None:
-        """Restart the child if it died; called periodically by ``serve``."""
-        if self._process is not None and not self._process.is_alive() and not self._stop.is_set():
-            log.error("mail processor exited with %s; restarting it", self._process.exitcode)
-            self.restarts += 1
-            self.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Let the child finish the batch in hand, then wait for it (filing is transactional either way)."""
-        self._stop.set()
-        self.wake()
-        if self._process is not None:
-            self._process.join(timeout)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join(5)
-        self._wake_in.close()
-        self._wake_out.close()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def is_alive(self) -> bool:
-        """Whether the child runs now (serve's health answer says so; :meth:`check` restarts a dead one)."""
-        return self._process is not None and bool(self._process.is_alive())
-
-
-def _child_main(settings: Settings, wake: Connection, stop: multiprocessing.synchronize.Event) -> None:
-    configure_logging(logging.INFO, settings.log_format)  # a spawned process: serve's log set-up is not inherited
-    started = time.monotonic()
-    run_processor(settings, wake, stop)
-    log.info("mail processor stopped after %.0f s", time.monotonic() - started)

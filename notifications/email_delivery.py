@@ -30,8 +30,9 @@ and share only the hand-over to the transport and its outcomes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import multiprocessing.synchronize
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,49 +175,39 @@ def _hand_over(store: Store, transport: Transport, item: OutboxItem, message: Em
 WAKE_COALESCE_SECONDS = 0.1
 
 
-async def run_email_delivery(
+def run_email_delivery(
     store: Store,
     transport: Transport,
-    stop: asyncio.Event,
+    stop: threading.Event | multiprocessing.synchronize.Event,
+    wait_for_wake: Callable[[float], bool],
     interval: float = 2.0,
-    wake: asyncio.Event | None = None,
 ) -> None:
-    """Deliver until ``stop`` is set: a pass in a worker thread, then sleep ``interval`` or until ``wake``.
+    """Deliver until ``stop`` is set: a pass, then wait ``interval`` or until woken; blocking, for a thread.
 
-    When ``stop`` is set during a pass, the mail in hand is finished and the
-    rest given back, so no row is left claimed (it would wait out its
-    lease). A full batch means more may be due, so the next pass starts at once.
+    ``wait_for_wake(seconds)`` returns True as soon as someone wrote to the
+    outbox, including during the pass just made (the wake is kept until it
+    is asked for), so that mail never waits for the next interval. A full
+    batch means more may be due, so the next pass starts at once. When
+    ``stop`` is set during a pass, the mail in hand is finished and the rest
+    given back, so no row is left claimed (it would wait out its lease).
     """
     while not stop.is_set():
-        if wake is not None:
-            wake.clear()  # before the pass: a wake during it is not lost
-        report = await _one_pass(store, transport, stop)
-        if report.claimed < BATCH_SIZE:
-            await _sleep(stop, wake, interval)
-            if wake is not None and wake.is_set() and not stop.is_set():
-                await _sleep(stop, None, WAKE_COALESCE_SECONDS)
+        report = _one_pass(store, transport, stop)
+        if report.claimed >= BATCH_SIZE:
+            continue
+        if wait_for_wake(interval) and not stop.is_set():
+            stop.wait(WAKE_COALESCE_SECONDS)
 
 
-async def _one_pass(store: Store, transport: Transport, stop: asyncio.Event) -> DeliveryReport:
+def _one_pass(store: Store, transport: Transport, stop: threading.Event | multiprocessing.synchronize.Event) -> DeliveryReport:
     """The worker's catch-all: a failed pass is logged and the loop goes on."""
     try:
-        # stop.is_set only reads a flag, so the worker thread may ask it.
-        return await asyncio.to_thread(deliver_due_email, store, transport, BATCH_SIZE, stop.is_set)
+        return deliver_due_email(store, transport, BATCH_SIZE, stop.is_set)
     except StoreUnavailable as exc:
         log.warning("e-mail delivery paused: %s", exc)
     except Exception:
         log.exception("e-mail delivery pass failed; trying again shortly")
     return DeliveryReport()
-
-
-async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, interval: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waiters.append(asyncio.ensure_future(wake.wait()))
-    _done, pending = await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in pending:
-        waiter.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _deliver_guarded(store: Store, transport: Transport, item: OutboxItem) -> Outcome:

@@ -53,7 +53,7 @@ from core.facade import WRITER_NICENESS
 from core.models import Event, Message, OutboxMessage, ReceivedMail, Request
 from core.settings import Settings
 from core.store import Store
-from intake.processor import NICENESS as PROCESSOR_NICENESS
+from cli.background import NICENESS as PROCESSOR_NICENESS
 from tests import factories
 from tests.conftest import ADMIN_URL
 from tests.intake.gateway import message

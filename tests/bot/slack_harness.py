@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from bot.app import SlackPart
+from cli.background import BackgroundProcess
 from cli.http_listener import HttpListener
 from cli.vitals import ServeVitals
 from bot.delivery import DeliveryReport
@@ -24,7 +25,6 @@ from core.facade import AsyncCore
 from core.settings import HostPort
 from core.store import Store
 from intake.listener import IntakeCounters
-from intake.processor import ProcessorProcess
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.signing import DEFAULT_SIGNING_SECRET, HOME_TEAM, TRIAGE_CHANNEL, PostResult, SignedRequest, SlackUser, post
 
@@ -91,7 +91,7 @@ def running_slack(store: Store, fake: FakeSlack, *, deliver_by_itself: bool = Fa
     async def start() -> tuple[SlackPart, HttpListener]:
         # Mounted on serve's own HTTP listener, as serve mounts it (the mail parts are not running here).
         part = SlackPart(core, settings)
-        vitals = ServeVitals(core, IntakeCounters(), ProcessorProcess(settings),
+        vitals = ServeVitals(core, IntakeCounters(), BackgroundProcess(settings),
                              slack_mode="socket_mode" if app_token else "http", slack_counters=part.api_counters)
         listener = HttpListener(HostPort("127.0.0.1", 0), vitals, slack_events=part.events_handler)
         await listener.start()

@@ -18,13 +18,13 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.background import BackgroundProcess
 from cli.http_listener import HttpListener
 from cli.vitals import ServeVitals
 from core.facade import AsyncCore
 from core.settings import HostPort, Settings
 from core.store import Store
 from intake.listener import IntakeCounters
-from intake.processor import ProcessorProcess
 from tests import factories as f
 
 T = TypeVar("T")
@@ -34,7 +34,7 @@ Fetched = tuple[int, str, str]  # status, content type, body
 def with_listener(store: Store, scenario: Callable[[str], Awaitable[T]], *, timeout: float = 5.0) -> T:
     """Start a listener on a free port for ``store``, run ``scenario(base_url)``, stop everything."""
     core = AsyncCore(store)
-    vitals = ServeVitals(core, IntakeCounters(), ProcessorProcess(store.settings), store_timeout=timeout)
+    vitals = ServeVitals(core, IntakeCounters(), BackgroundProcess(store.settings), store_timeout=timeout)
 
     async def run() -> T:
         listener = HttpListener(HostPort("127.0.0.1", 0), vitals)
@@ -116,7 +116,7 @@ def test_a_port_in_use_fails_to_start_with_the_reason(store: Store) -> None:
         port = taken.getsockname()[1]
         core = AsyncCore(store)
         listener = HttpListener(HostPort("127.0.0.1", port),
-                                ServeVitals(core, IntakeCounters(), ProcessorProcess(store.settings)))
+                                ServeVitals(core, IntakeCounters(), BackgroundProcess(store.settings)))
 
         async def start() -> Any:
             await listener.start()

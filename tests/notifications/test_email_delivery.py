@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import Counter
@@ -338,31 +337,25 @@ def test_two_deliverers_at_once_send_every_mail_exactly_once(
     assert {r.status for r in outbox_rows(mstore)} == {"sent"}
 
 
-def test_the_loop_delivers_when_woken_keeps_the_event_loop_free_and_stops(
+def test_the_loop_delivers_when_woken_even_during_a_pass_and_stops(
     mstore: Store, relay: SmtpRelay, port: int
 ) -> None:
     open_by_email(mstore, message_id="<a@acme.test>")
-
-    async def scenario(sink: SinkHandler) -> int:
-        stop, wake = asyncio.Event(), asyncio.Event()
-        worker = asyncio.create_task(run_email_delivery(mstore, relay, stop, interval=60.0, wake=wake))
-        await _until(lambda: len(sink.received) == 1)  # the first pass runs at once
-        open_by_email(mstore, message_id="<b@acme.test>")
-        wake.set()  # without it, the next pass would be a minute away
-        ticks = 0
-        deadline = time.monotonic() + 10
-        while len(sink.received) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            ticks += 1
-        stop.set()
-        await asyncio.wait_for(worker, timeout=10)
-        return ticks
+    stop, wake = threading.Event(), _Wake()
 
     with running_sink(port, SinkHandler(data_delay=0.5)) as sink:
-        ticks = asyncio.run(scenario(sink))
+        worker = threading.Thread(target=run_email_delivery, args=(mstore, relay, stop, wake.wait_for, 60.0))
+        worker.start()
+        _until(lambda: len(sink.received) == 1)  # the first pass runs at once; the relay answers in 0.5 s
+        open_by_email(mstore, message_id="<b@acme.test>")
+        wake.ring()  # most likely while the first pass still waits on the relay; without it, a minute away
+        _until(lambda: len(sink.received) == 2)
+        stop.set()
+        wake.ring()
+        worker.join(timeout=10)
 
-    assert len(sink.received) == 2
-    assert ticks >= 10  # the event loop kept running while a pass waited half a second on the relay
+    assert not worker.is_alive()
+    assert {r.status for r in outbox_rows(mstore)} == {"sent"}
 
 
 def test_an_unexpected_error_on_one_row_is_logged_and_retried(
@@ -385,22 +378,37 @@ def test_the_loop_rides_out_an_unreachable_database(
     url = f"sqlite:///{tmp_path}/no-such-folder/supportdesk.db"
     unreachable = Store(make_engine(url), clock, Settings(database_url=url))
 
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        worker = asyncio.create_task(
-            run_email_delivery(unreachable, MaildirTransport(tmp_path / "m"), stop, interval=0.05))
-        await asyncio.sleep(0.3)
-        assert not worker.done()
-        stop.set()
-        await asyncio.wait_for(worker, timeout=10)
+    stop = threading.Event()
+    worker = threading.Thread(target=run_email_delivery,
+                              args=(unreachable, MaildirTransport(tmp_path / "m"), stop, stop.wait, 0.05))
+    worker.start()
+    time.sleep(0.3)
+    assert worker.is_alive()
+    stop.set()
+    worker.join(timeout=10)
 
-    asyncio.run(scenario())
-
+    assert not worker.is_alive()
     assert caplog.text.count("e-mail delivery paused: the database is unavailable") >= 2
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+class _Wake:
+    """What serve's background process gives the loop: a wake kept until the loop asks for it."""
+
+    def __init__(self) -> None:
+        self._rung = threading.Event()
+
+    def ring(self) -> None:
+        self._rung.set()
+
+    def wait_for(self, seconds: float) -> bool:
+        if not self._rung.wait(seconds):
+            return False
+        self._rung.clear()
+        return True
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+        time.sleep(0.01)

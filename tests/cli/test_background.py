@@ -1,0 +1,127 @@
+"""serve's background process files accepted mail and delivers e-mail, and comes back if it dies. Both databases.
+
+The real child process on the test database, woken the way serve wakes it;
+mail goes to a Maildir.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from email import message_from_bytes
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from cli.background import NICENESS, BackgroundProcess
+from core.clock import SystemClock
+from core.db import make_engine
+from core.models import ReceivedMail
+from core.services.mail_intake import RawMail, accept_raw_mail
+from core.settings import Settings
+from core.store import Store
+from intake.processor import run_processor
+from tests.conftest import Database
+from tests.proc_stats import stat_fields
+
+SUPPORT = "support@localhost"
+
+
+def mail(n: int) -> RawMail:
+    raw = (f"From: customer{n}@example.test\r\nTo: {SUPPORT}\r\nSubject: Where is my order {n}?\r\n"
+           f"Message-ID: <order{n}@example.test>\r\n\r\nIt has not arrived.\r\n").encode()
+    return RawMail(raw=raw, envelope_from=f"customer{n}@example.test", recipients=(SUPPORT,))
+
+
+@pytest.fixture
+def wall(database: Database, tmp_path: Path) -> Iterator[Store]:
+    """The test database as serve opens it: the wall clock, our support address, a Maildir for mail out."""
+    settings = Settings(database_url=database.url, support_addresses=(SUPPORT,),
+                        outgoing_maildir=tmp_path / "outgoing-mail")
+    store = Store(make_engine(database.url), SystemClock(), settings)
+    yield store
+    store.dispose()
+
+
+def sent_mail(store: Store) -> list[Path]:
+    new = store.settings.outgoing_maildir / "new"
+    return sorted(new.iterdir()) if new.exists() else []
+
+
+def filed(store: Store) -> list[str]:
+    with store.read() as session:
+        return list(session.execute(select(ReceivedMail.status)).scalars())
+
+
+def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_it_files_committed_mail_sends_the_acknowledgments_and_stops_when_told(wall: Store) -> None:
+    background = BackgroundProcess(wall.settings)
+    background.start()
+    try:
+        accept_raw_mail(wall, [mail(1), mail(2)])
+        background.mail_committed()
+        until(lambda: len(sent_mail(wall)) == 2)
+        niceness = int(stat_fields(background.pid)[16])  # type: ignore[arg-type]
+    finally:
+        background.stop()
+
+    assert not background.is_alive and background.restarts == 0
+    assert filed(wall) == ["processed", "processed"]
+    assert sorted(message_from_bytes(p.read_bytes())["To"] for p in sent_mail(wall)) == [
+        "customer1@example.test", "customer2@example.test"]
+    assert niceness == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
+
+
+def test_a_killed_background_process_is_started_again_and_files_what_came_meanwhile(wall: Store) -> None:
+    background = BackgroundProcess(wall.settings)
+    background.start()
+    try:
+        until(lambda: background.is_alive)
+        first = background.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        until(lambda: not background.is_alive)
+        accept_raw_mail(wall, [mail(3)])
+        background.mail_committed()  # nobody reads the pipe now: the ring waits in it
+        background.check()
+        until(lambda: len(sent_mail(wall)) == 1)
+        second = background.pid
+    finally:
+        background.stop()
+
+    assert background.restarts == 1 and second != first
+    assert filed(wall) == ["processed"]
+
+
+def test_filing_says_when_it_has_caught_up_once_per_burst_and_not_when_idle(wall: Store) -> None:
+    wake_reader, wake_writer = multiprocessing.Pipe(duplex=False)
+    stop = threading.Event()
+    caught_up: list[int] = []
+    loop = threading.Thread(target=run_processor,
+                            args=(wall, wake_reader, stop, os.getppid(), lambda: caught_up.append(filed(wall).count("processed"))))
+    loop.start()
+    try:
+        time.sleep(1.5)  # idle: one look at an empty store, then a wait for the pipe
+        assert caught_up == []
+        accept_raw_mail(wall, [mail(n) for n in range(10, 30)])
+        os.write(wake_writer.fileno(), b"\0")
+        until(lambda: caught_up != [])
+    finally:
+        stop.set()
+        os.write(wake_writer.fileno(), b"\0")
+        loop.join(timeout=30)
+
+    assert not loop.is_alive()
+    assert caught_up == [20]
+    assert filed(wall) == ["processed"] * 20
