@@ -13,6 +13,17 @@ milliseconds after the lock was already free; the acceptor therefore opens
 its connections with no busy wait and retries every half millisecond itself,
 for as long as the store's own busy timeout allows; then the sessions answer
 ``451``.
+
+On PostgreSQL the acceptor has a connection of its own without the pool's
+"pre-ping" (a ``SELECT 1`` round trip before every transaction: a third of
+the time a lone message's commit took). A connection that was lost since
+is found by the commit itself; the batch is then tried once more at once on
+a new connection, which is safe because storing the same bytes twice is a
+no-op. Either way the session hears ``250`` only after a commit succeeded.
+
+From the event loop to the commit thread and back is one hand-over each
+way: a session's message goes straight to the thread when no commit runs,
+and the thread settles the sessions' futures with one callback.
 """
 
 from __future__ import annotations
@@ -20,11 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy.exc import DBAPIError
+
 from core.db import SQLITE_BUSY_TIMEOUT_MS, make_engine
-from core.errors import StoreBusy
+from core.errors import StoreBusy, StoreUnavailable
 from core.services.mail_intake import RawMail, accept_raw_mail
 from core.store import Store
 
@@ -39,79 +53,87 @@ class Acceptor:
     """Group commit of raw mail for every SMTP session of the process."""
 
     def __init__(self, store: Store, on_committed: Callable[[], None] | None = None) -> None:
-        self._store, self._lock_wait = _without_busy_wait(store)
+        self._store, self._lock_wait = _store_for_acceptance(store)
         self._own_store = self._store is not store
         self._on_committed = on_committed
-        self._queue: list[tuple[RawMail, asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
+        self._queue: deque[tuple[RawMail, asyncio.Future[None]]] = deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-commit")
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._committing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def start(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._run(), name="intake-commit")
+        self._loop = asyncio.get_running_loop()
 
     async def accept(self, item: RawMail) -> None:
         """Return once ``item`` is committed; raise if it could not be.
 
-        The commit is shielded: when the client gives up and its session is
-        cancelled, the commit still finishes, and the client's retry is
-        recognised as the same bytes.
+        The commit does not depend on the session: when the client gives up
+        and its session is cancelled, the message in hand is still committed,
+        and the client's retry is recognised as the same bytes.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume_exception)
         self._queue.append((item, future))
-        self._wake.set()
-        await asyncio.shield(future)
+        if not self._committing:
+            self._commit_next()
+        await future
 
     async def close(self) -> None:
-        """Commit what is queued, then stop the writer."""
-        self._closing = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer
-            self._writer = None
+        """Commit what is queued, then stop the writer thread."""
+        await self._idle.wait()
         self._executor.shutdown(wait=True)
         if self._own_store:
             self._store.dispose()
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                await self._commit(self._take_batch())
-            if self._closing:
-                return
+    def _commit_next(self) -> None:
+        """On the loop: hand the queued messages, as one batch, to the commit thread."""
+        assert self._loop is not None, "Acceptor.start() was not called"
+        batch = self._take_batch()
+        self._committing = True
+        self._idle.clear()
+        loop = self._loop
+
+        def commit() -> None:
+            try:
+                self._commit_now([item for item, _ in batch])
+            except Exception as exc:  # every waiting session answers 451; the message is not ours yet
+                loop.call_soon_threadsafe(self._committed, batch, exc)
+            else:
+                loop.call_soon_threadsafe(self._committed, batch, None)
+
+        self._executor.submit(commit)
+
+    def _committed(self, batch: list[tuple[RawMail, asyncio.Future[None]]], error: Exception | None) -> None:
+        """On the loop: answer the batch's sessions, then start on what queued up meanwhile."""
+        for _, future in batch:
+            if future.done():  # the session went away
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        self._committing = False
+        if self._queue:
+            self._commit_next()
+        else:
+            self._idle.set()
+        if error is None and self._on_committed is not None:
+            self._on_committed()
 
     def _take_batch(self) -> list[tuple[RawMail, asyncio.Future[None]]]:
         batch: list[tuple[RawMail, asyncio.Future[None]]] = []
         size = 0
         while self._queue and len(batch) < MAX_BATCH_MESSAGES and (not batch or size < MAX_BATCH_BYTES):
-            item = self._queue.pop(0)
+            item = self._queue.popleft()
             batch.append(item)
             size += len(item[0].raw)
         return batch
 
-    async def _commit(self, batch: list[tuple[RawMail, asyncio.Future[None]]]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._commit_now, [item for item, _ in batch])
-        except Exception as exc:  # every waiting session answers 451; the message is not ours yet
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
-        if self._on_committed is not None:
-            self._on_committed()
-
-
     def _commit_now(self, items: Sequence[RawMail]) -> None:
-        """On the writer thread: commit, retrying at once while another writer holds SQLite's lock."""
+        """On the commit thread: commit; retry while SQLite's lock is held elsewhere, and once on a lost connection."""
         deadline = time.monotonic() + self._lock_wait
+        reconnected = False
         while True:
             try:
                 accept_raw_mail(self._store, items)
@@ -120,16 +142,35 @@ class Acceptor:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(LOCK_RETRY)
+            except StoreUnavailable as exc:
+                if reconnected or not _connection_lost(exc):
+                    raise
+                reconnected = True
+                log.info("the acceptance connection to the database was lost; committing again on a new one")
+
+
+def _connection_lost(exc: StoreUnavailable) -> bool:
+    """Whether the connection broke (so a new one may work), rather than the database refusing."""
+    cause = exc.__cause__
+    return isinstance(cause, DBAPIError) and cause.connection_invalidated
+
+
+def _store_for_acceptance(store: Store) -> tuple[Store, float]:
+    """The same database through connections of the acceptor's own, and how long to wait for SQLite's lock."""
+    if store.is_sqlite:
+        return _without_busy_wait(store)
+    url = store.engine.url.render_as_string(hide_password=False)
+    engine = make_engine(url, pool_pre_ping=False, pool_size=1, max_overflow=0)
+    return Store(engine, store.clock, store.settings), 0.0
 
 
 def _without_busy_wait(store: Store) -> tuple[Store, float]:
     """The same SQLite database with connections that fail at once when locked, and how long ``store`` would wait.
 
-    Other stores are returned as they are (PostgreSQL has no database-wide
-    write lock), with no retrying.
+    An in-memory database is returned as it is: another connection would be another database.
     """
     url = store.engine.url
-    if not store.is_sqlite or url.database in (None, "", ":memory:"):
+    if url.database in (None, "", ":memory:"):
         return store, 0.0
     busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS
     try:
@@ -142,9 +183,3 @@ def _without_busy_wait(store: Store) -> tuple[Store, float]:
         log.debug("could not read the SQLite busy timeout; using the default", exc_info=True)
     engine = make_engine(url.render_as_string(hide_password=False), connect_args={"timeout": 0})
     return Store(engine, store.clock, store.settings), busy_timeout_ms / 1000
-
-
-def _consume_exception(future: asyncio.Future[None]) -> None:
-    # A session that went away no longer awaits its future; its failure is logged by the handler, not by asyncio.
-    if not future.cancelled():
-        future.exception()

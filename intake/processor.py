@@ -367,7 +367,10 @@ MAX_SETTLE = 2.0
 # sessions find the lock free about two thirds of the time while filing
 # still moves on. PostgreSQL has no such lock and needs no pause.
 SQLITE_YIELD = 2.0
-def run_processor(store: Store, wake: Connection, stop: threading.Event | multiprocessing.synchronize.Event, parent: int,
+StopFlag = Union[threading.Event, multiprocessing.synchronize.Event]
+
+
+def run_processor(store: Store, wake: Connection, stop: StopFlag, parent: int,
                   caught_up: Callable[[], None] = lambda: None) -> None:
     """File a batch at a time until ``stop`` is set or ``parent`` is gone, giving way to the listener.
 

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Literal
+from typing import Literal, Union
 
 from jinja2 import TemplateError
 
@@ -69,6 +69,7 @@ BATCH_SIZE = 50
 GIVE_UP_AFTER_ATTEMPTS = 120
 
 Outcome = Literal["sent", "retried", "failed"]
+StopFlag = Union[threading.Event, multiprocessing.synchronize.Event]
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ WAKE_COALESCE_SECONDS = 0.1
 def run_email_delivery(
     store: Store,
     transport: Transport,
-    stop: threading.Event | multiprocessing.synchronize.Event,
+    stop: StopFlag,
     wait_for_wake: Callable[[float], bool],
     interval: float = 2.0,
 ) -> None:
@@ -199,7 +200,7 @@ def run_email_delivery(
             stop.wait(WAKE_COALESCE_SECONDS)
 
 
-def _one_pass(store: Store, transport: Transport, stop: threading.Event | multiprocessing.synchronize.Event) -> DeliveryReport:
+def _one_pass(store: Store, transport: Transport, stop: StopFlag) -> DeliveryReport:
     """The worker's catch-all: a failed pass is logged and the loop goes on."""
     try:
         return deliver_due_email(store, transport, BATCH_SIZE, stop.is_set)

@@ -108,8 +108,10 @@ def test_filing_says_when_it_has_caught_up_once_per_burst_and_not_when_idle(wall
     wake_reader, wake_writer = multiprocessing.Pipe(duplex=False)
     stop = threading.Event()
     caught_up: list[int] = []
-    loop = threading.Thread(target=run_processor,
-                            args=(wall, wake_reader, stop, os.getppid(), lambda: caught_up.append(filed(wall).count("processed"))))
+    def note() -> None:
+        caught_up.append(filed(wall).count("processed"))
+
+    loop = threading.Thread(target=run_processor, args=(wall, wake_reader, stop, os.getppid(), note))
     loop.start()
     try:
         time.sleep(1.5)  # idle: one look at an empty store, then a wait for the pipe

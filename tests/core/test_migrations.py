@@ -97,6 +97,23 @@ def test_models_agree_with_migrations(empty_engine: Engine) -> None:
     assert differences == []
 
 
+def test_postgresql_compresses_mail_bytes_with_lz4_and_sqlite_is_left_alone(empty_engine: Engine) -> None:
+    """pglz cost the database 2.5 ms of CPU per 64 KB message before its 250; lz4 about 1 ms."""
+    migrate.upgrade(empty_engine)
+    if empty_engine.dialect.name == "sqlite":
+        assert migrate.current_revision(empty_engine) == migrate.head_revision()
+        return
+    with empty_engine.connect() as conn:
+        methods = conn.execute(text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+                               ).scalar()
+        compression = dict(conn.execute(text(
+            "SELECT attrelid::regclass::text || '.' || attname, attcompression FROM pg_attribute"
+            " WHERE (attrelid, attname) IN (('inbound_mail'::regclass, 'raw'), ('attachments'::regclass, 'content'))"
+        )).all())
+    expected = "l" if methods and "lz4" in methods else ""  # "" is the server's default, pglz
+    assert compression == {"inbound_mail.raw": expected, "attachments.content": expected}
+
+
 def test_downgrade_to_base_and_up_again(empty_engine: Engine) -> None:
     from alembic import command
 

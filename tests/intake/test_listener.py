@@ -200,6 +200,22 @@ def test_a_write_lock_held_for_a_moment_by_another_writer_is_waited_out_and_answ
     assert len(stored(store)) == 1 and gw.gateway.counters.temporary_failures == 0
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)  # SQLite has no connection to lose
+def test_a_connection_postgresql_dropped_between_messages_costs_the_next_one_nothing(store: Store) -> None:
+    """The acceptor does not ping before each commit: a commit that finds its connection gone is made again
+    at once on a new one, so the sender still hears 250 and the message is stored once."""
+    database = store.engine.url.database
+    with running_gateway(store) as gw, gw.client() as client:
+        assert client.sendmail("jane@acme.test", ["support@localhost"], message(subject="first")) == {}
+        with make_engine(str(store.engine.url.set(database="postgres")), isolation_level="AUTOCOMMIT").connect() as c:
+            ended = c.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                   " WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": database}).scalar()
+        assert ended >= 1
+        assert client.sendmail("jane@acme.test", ["support@localhost"], message(subject="second")) == {}
+    assert [m.raw.count(b"Subject: second") for m in stored(store)] == [0, 1]
+    assert gw.gateway.counters.temporary_failures == 0
+
+
 def test_an_unexpected_store_error_is_451_never_500_and_leaks_nothing(store: Store, tmp_path: Path) -> None:
     broken_file = tmp_path / "not-a-database.db"
     broken_file.write_bytes(b"this is not an SQLite database " * 100)
