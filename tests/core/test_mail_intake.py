@@ -115,6 +115,23 @@ def test_the_same_bytes_are_stored_once(store: Store) -> None:
     assert rows[0].recipients == SUPPORT and rows[0].peer == "127.0.0.1" and rows[0].size == len(item.raw)
 
 
+def test_a_batch_stores_each_new_message_once_with_its_own_envelope(store: Store) -> None:
+    known = RawMail(b"Subject: known\r\n\r\nbody\r\n", "k@x.test", (SUPPORT,))
+    accept_raw_mail(store, [known])
+    batch = [RawMail(f"Subject: {n}\r\n\r\nbody {n}\r\n".encode(), f"{n}@x.test", (SUPPORT, f"support+{n}@x.test"),
+                     peer=f"10.0.0.{n}", helo=f"mx{n}") for n in range(1, 4)]
+
+    assert accept_raw_mail(store, [batch[0], known, batch[1], batch[0], batch[2]]) == 3
+
+    with store.read() as session:
+        rows = {r.raw: r for r in session.execute(select(ReceivedMail)).scalars()}
+    assert len(rows) == 4
+    for n, item in enumerate(batch, start=1):
+        row = rows[item.raw]
+        assert (row.envelope_from, row.recipients, row.peer, row.helo, row.size, row.status) == (
+            f"{n}@x.test", f"{SUPPORT}\nsupport+{n}@x.test", f"10.0.0.{n}", f"mx{n}", len(item.raw), "received")
+
+
 def test_the_null_sender_is_kept_apart_from_an_unknown_one(store: Store) -> None:
     accept_raw_mail(store, [RawMail(b"a\r\n", "", (SUPPORT,)), RawMail(b"b\r\n", None, ())])
     with store.read() as session:
