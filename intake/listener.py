@@ -26,6 +26,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -147,6 +149,31 @@ class GatewaySMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         self._gateway.sessions.discard(self)
         super().connection_lost(error)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's own parsing of a ``MAIL``/``RCPT`` address, less the class it defines on every call.
+
+        aiosmtpd 1.4.6 declares a ``typing.Protocol`` inside this method, for
+        its type checker only; making that class twice per message took a
+        tenth of serve's CPU at four connections. Same rules otherwise: an
+        address that does not parse (or has a local part over aiosmtpd's
+        ``local_part_limit``, when one is set) is ``(None, None)``, which
+        aiosmtpd answers ``553``.
+        """
+        if not arg:
+            return "", ""
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        local_part = addr.rpartition("@")[0]
+        if self.local_part_limit and len(local_part) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import os
@@ -17,9 +18,13 @@ import psycopg
 import pytest
 from sqlalchemy import select, text
 
+from aiosmtpd.smtp import SMTP
+
 from core.db import make_engine
 from core.models import ReceivedMail
 from core.store import Store
+from intake.acceptance import Acceptor
+from intake.listener import GatewaySMTP, SmtpGateway
 from tests.intake.gateway import message, running_gateway
 
 TOKEN = "0123456789abcdef"
@@ -57,6 +62,36 @@ def test_recipients(store: Store, recipient: str, expected: int) -> None:
     assert code == expected, reply
     if expected == 550:
         assert reply.startswith(b"5.1.1")
+
+
+ADDRESSES = [
+    "", "<>", "<jane@acme.test>", "jane@acme.test", " <jane@acme.test> SIZE=100 BODY=8BITMIME",
+    "<\"jane doe\"@acme.test>", "<jäne@äcme.test> SMTPUTF8", "<@relay.test:jane@acme.test>", "<jane@[10.0.0.1]>",
+    "<jane@acme.test", "jane", "<>>", "<jane@@acme.test>", "<" + "j" * 64 + "@acme.test>", "<" + "j" * 65 + "@acme.test>",
+    "<jane@acme.test> <john@acme.test>", "(comment) <jane@acme.test>",
+]
+
+
+@pytest.mark.parametrize("arg", ADDRESSES)
+def test_our_address_parsing_is_aiosmtpds_without_its_per_call_class(store: Store, arg: str) -> None:
+    """GatewaySMTP overrides aiosmtpd's _getaddr only to stop it defining a class on every call."""
+    loop = asyncio.new_event_loop()
+    try:
+        ours = GatewaySMTP(SmtpGateway(store.settings, Acceptor(store)), object(), hostname="mx.test", loop=loop)
+        theirs = SMTP(object(), hostname="mx.test", loop=loop)
+        assert ours._getaddr(arg) == theirs._getaddr(arg)
+    finally:
+        loop.close()
+
+
+def test_a_sender_or_recipient_that_does_not_parse_is_refused(store: Store) -> None:
+    with running_gateway(store) as gw, gw.client() as client:
+        client.ehlo()
+        assert client.docmd("MAIL", "FROM:<jane@@acme.test>")[0] == 553
+        assert client.docmd("MAIL", "FROM:<jane@acme.test>")[0] == 250
+        assert client.docmd("RCPT", "TO:<support@@localhost>")[0] == 553
+        assert client.docmd("RCPT", "TO:<support@localhost>")[0] == 250
+    assert stored(store) == []
 
 
 def test_250_only_after_the_raw_bytes_and_envelope_are_committed(store: Store) -> None:
