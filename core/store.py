@@ -116,6 +116,11 @@ def translate_store_errors() -> Iterator[None]:
         if exc.connection_invalidated:
             raise StoreUnavailable("the connection to the database was lost; try again shortly") from exc
         raise
+    except sqlite3.OperationalError as exc:  # from the driver itself, where a hot path skips SQLAlchemy
+        if _sqlite_busy(exc):
+            raise StoreBusy(f"the database is busy ({_first_line(exc)}); try again shortly") from exc
+        log.info("store unavailable: %s", _first_line(exc))
+        raise StoreUnavailable(f"the database is unavailable right now ({_first_line(exc)}); try again shortly") from exc
 
 
 def _sqlite_busy(error: BaseException | None) -> bool:

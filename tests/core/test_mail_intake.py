@@ -130,6 +130,7 @@ def test_a_batch_stores_each_new_message_once_with_its_own_envelope(store: Store
         row = rows[item.raw]
         assert (row.envelope_from, row.recipients, row.peer, row.helo, row.size, row.status) == (
             f"{n}@x.test", f"{SUPPORT}\nsupport+{n}@x.test", f"10.0.0.{n}", f"mx{n}", len(item.raw), "received")
+        assert row.received_at == store.clock.now() and row.received_at.tzinfo is not None
 
 
 def test_the_null_sender_is_kept_apart_from_an_unknown_one(store: Store) -> None:
