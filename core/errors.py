@@ -55,6 +55,10 @@ class StoreBusy(StoreUnavailable):
     """SQLite's write lock is held by another writer: it will be free in moments, so a caller may retry at once."""
 
 
+class ConnectionLost(StoreUnavailable):
+    """The connection to the database broke (it was dropped, or the server restarted): a new one may work at once."""
+
+
 class ChangeUncertain(StoreUnavailable):
     """The process making the change stopped before it answered: the change may or may not have been made."""
 

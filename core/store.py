@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +26,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from core.audit import PendingEvent, append_events, canonical_json
 from core.clock import Clock, SystemClock
 from core.db import make_engine, make_session_factory, read_engine
-from core.errors import Conflict, StoreBusy, StoreUnavailable
+from core.errors import Conflict, ConnectionLost, StoreBusy, StoreUnavailable
 from core.models import Counter, OutboxMessage, Request
 from core.notification_policy import outbox_for
 from core import sla_tracking
@@ -111,12 +112,16 @@ def translate_store_errors() -> Iterator[None]:
         if _sqlite_busy(exc.orig):
             raise StoreBusy(f"the database is busy ({reason}); try again shortly") from exc
         log.info("store unavailable: %s", reason)
-        raise StoreUnavailable(f"the database is unavailable right now ({reason}); try again shortly") from exc
+        error = ConnectionLost if exc.connection_invalidated else StoreUnavailable
+        raise error(f"the database is unavailable right now ({reason}); try again shortly") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
-            raise StoreUnavailable("the connection to the database was lost; try again shortly") from exc
+            raise ConnectionLost("the connection to the database was lost; try again shortly") from exc
         raise
-    except sqlite3.OperationalError as exc:  # from the driver itself, where a hot path skips SQLAlchemy
+    except psycopg.OperationalError as exc:  # from the driver itself, where a hot path skips SQLAlchemy
+        log.info("store unavailable: %s", _first_line(exc))
+        raise StoreUnavailable(f"the database is unavailable right now ({_first_line(exc)}); try again shortly") from exc
+    except sqlite3.OperationalError as exc:  # the same
         if _sqlite_busy(exc):
             raise StoreBusy(f"the database is busy ({_first_line(exc)}); try again shortly") from exc
         log.info("store unavailable: %s", _first_line(exc))

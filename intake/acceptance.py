@@ -35,10 +35,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy.exc import DBAPIError
-
 from core.db import SQLITE_BUSY_TIMEOUT_MS, make_engine
-from core.errors import StoreBusy, StoreUnavailable
+from core.errors import ConnectionLost, StoreBusy
 from core.services.mail_intake import RawMail, accept_raw_mail
 from core.store import Store
 
@@ -142,17 +140,11 @@ class Acceptor:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(LOCK_RETRY)
-            except StoreUnavailable as exc:
-                if reconnected or not _connection_lost(exc):
+            except ConnectionLost:
+                if reconnected:
                     raise
                 reconnected = True
                 log.info("the acceptance connection to the database was lost; committing again on a new one")
-
-
-def _connection_lost(exc: StoreUnavailable) -> bool:
-    """Whether the connection broke (so a new one may work), rather than the database refusing."""
-    cause = exc.__cause__
-    return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
 def _store_for_acceptance(store: Store) -> tuple[Store, float]:

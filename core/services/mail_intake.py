@@ -26,11 +26,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import TextClause, bindparam, func, select, text, update
+import psycopg
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from core.authorization import require_agent
-from core.errors import InvalidInput, NotFound, TransitionRefused
+from core.errors import ConnectionLost, InvalidInput, NotFound, TransitionRefused
 from core.models import AddressHealth, Customer, CustomerAddress, Invoice, Message, ReceivedMail, Request
 from core.money import Money
 from core.reply_tokens import (
@@ -132,18 +133,12 @@ _ACCEPT_SQLITE = (
 
 
 @functools.lru_cache(maxsize=256)
-def _accept_rows(count: int) -> TextClause:
-    """The same INSERT for ``count`` rows in one statement (PostgreSQL), made once per count."""
-    values = ", ".join(
-        "(" + ", ".join(f":{name}_{i}" for name in _ACCEPT_COLUMNS) + ", 'received', 0)" for i in range(count))
-    return text(
-        "INSERT INTO inbound_mail"
-        " (sha256, raw, size, source, envelope_from, recipients, peer, helo, received_at, status, attempts)"
-        f" VALUES {values} ON CONFLICT (sha256) DO NOTHING"
-    ).bindparams(*(
-        bindparam(f"{name}_{i}", type_=ReceivedMail.__table__.c[name].type)
-        for i in range(count) for name in _ACCEPT_COLUMNS
-    ))
+def _accept_on_postgresql_sql(count: int) -> str:
+    """The INSERT of ``count`` rows in one statement, made once per count."""
+    row = "(" + ", ".join(["%s"] * len(_ACCEPT_COLUMNS)) + ", 'received', 0)"
+    return ("INSERT INTO inbound_mail"
+            " (sha256, raw, size, source, envelope_from, recipients, peer, helo, received_at, status, attempts)"
+            f" VALUES {', '.join([row] * count)} ON CONFLICT (sha256) DO NOTHING")
 
 
 def accept_raw_mail(store: Store, items: Sequence[RawMail]) -> int:
@@ -175,13 +170,7 @@ def accept_raw_mail(store: Store, items: Sequence[RawMail]) -> int:
     ]
     if store.is_sqlite:
         return _accept_on_sqlite(store, rows)
-    # PostgreSQL: every row in one statement, committed on its own. One statement is all or nothing
-    # like a transaction, and in autocommit it is one round trip to the server where BEGIN, INSERT
-    # and COMMIT were three; a 250 waits for it.
-    parameters = {f"{name}_{i}": row[name] for i, row in enumerate(rows) for name in _ACCEPT_COLUMNS}
-    with translate_store_errors(), store.engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        return connection.execute(_accept_rows(len(rows)), parameters).rowcount
+    return _accept_on_postgresql(store, rows)
 
 
 def _accept_on_sqlite(store: Store, rows: list[dict[str, Any]]) -> int:
@@ -200,6 +189,33 @@ def _accept_on_sqlite(store: Store, rows: list[dict[str, Any]]) -> int:
             return count
         finally:
             connection.close()  # back to the pool, which rolls back a transaction left open by an error
+
+
+def _accept_on_postgresql(store: Store, rows: list[dict[str, Any]]) -> int:
+    """Every row in one statement, committed on its own, through the driver.
+
+    One statement is all or nothing like a transaction, and in autocommit it
+    is one round trip to the server where BEGIN, INSERT and COMMIT were three.
+    """
+    values = [row[name] for row in rows for name in _ACCEPT_COLUMNS]
+    with translate_store_errors():
+        connection = store.engine.raw_connection()
+        driver = connection.driver_connection
+        try:
+            driver.autocommit = True
+            try:
+                return driver.execute(_accept_on_postgresql_sql(len(rows)), values).rowcount
+            finally:
+                if not driver.broken:
+                    driver.autocommit = False
+        except psycopg.OperationalError as exc:
+            if not driver.broken:
+                raise
+            connection.invalidate()  # never back into the pool: the next commit opens a new one
+            raise ConnectionLost(f"the connection to the database was lost ({exc.__class__.__name__}); "
+                                 "try again shortly") from exc
+        finally:
+            connection.close()
 
 
 def pending_inbound_ids(store: Store, limit: int = 100, after_id: int = 0) -> list[int]:
