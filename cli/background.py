@@ -43,6 +43,10 @@ log = logging.getLogger("supportdesk.intake")
 NICENESS = 5
 # Filing and delivery finish what they hold when stopped: a batch of mail, one e-mail each.
 STOP_TIMEOUT = 30.0
+# On SQLite every e-mail sent is a write (the row marked sent), and the listener needs the one
+# write lock before each 250: while mail arrives or waits to be filed, the delivery waits too,
+# but never longer than this, so a long stream of mail delays acknowledgments without starving them.
+DELIVERY_GIVES_WAY_AT_MOST = 30.0
 
 
 class BackgroundProcess:
@@ -142,14 +146,16 @@ def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Conn
     # is gone, or on an error. Not ``stop`` itself: serve reads that to tell a stop it asked for from
     # a death it should restart the process after.
     finished = threading.Event()
+    filing_idle = threading.Event()
     delivery = threading.Thread(
         target=run_email_delivery,
-        args=(store, transport_for(settings), finished, _waiter(delivery_wake)),
+        args=(store, transport_for(settings), finished,
+              _waiter(delivery_wake, filing_idle if store.is_sqlite else None, finished)),
         name="email-delivery",
     )
     delivery.start()
     try:
-        run_processor(store, filing_wake, stop, parent, caught_up=lambda: _ring(delivery_bell))
+        run_processor(store, filing_wake, stop, parent, caught_up=lambda: _ring(delivery_bell), idle=filing_idle)
     finally:
         finished.set()
         _ring(delivery_bell)
@@ -158,15 +164,24 @@ def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Conn
     log.info("mail processor stopped after %.0f s", time.monotonic() - started)
 
 
-def _waiter(wake: Connection) -> Callable[[float], bool]:
-    """``wait(seconds)``: True as soon as the pipe was rung (even before the call), and the rings consumed."""
+def _waiter(wake: Connection, filing_idle: threading.Event | None,
+            finished: threading.Event) -> Callable[[float], bool]:
+    """``wait(seconds)``: True as soon as the pipe was rung (even before the call), and the rings consumed.
+
+    With ``filing_idle`` (SQLite), it then also waits until filing is idle,
+    for at most DELIVERY_GIVES_WAY_AT_MOST seconds, or until the process stops.
+    """
     os.set_blocking(wake.fileno(), False)
 
     def wait(seconds: float) -> bool:
-        if not wake.poll(seconds):
-            return False
-        drain_wakes(wake)
-        return True
+        rung = wake.poll(seconds)
+        if rung:
+            drain_wakes(wake)
+        if filing_idle is not None:
+            deadline = time.monotonic() + DELIVERY_GIVES_WAY_AT_MOST
+            while not filing_idle.wait(0.1) and not finished.is_set() and time.monotonic() < deadline:
+                pass
+        return rung
 
     return wait
 

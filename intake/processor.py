@@ -371,14 +371,16 @@ StopFlag = Union[threading.Event, multiprocessing.synchronize.Event]
 
 
 def run_processor(store: Store, wake: Connection, stop: StopFlag, parent: int,
-                  caught_up: Callable[[], None] = lambda: None) -> None:
+                  caught_up: Callable[[], None] = lambda: None, idle: threading.Event | None = None) -> None:
     """File a batch at a time until ``stop`` is set or ``parent`` is gone, giving way to the listener.
 
     Every byte on ``wake`` means mail was committed. ``caught_up`` is called
     when nothing is left to file after something was: the acknowledgments
     that filing queued can go out now, once the burst is filed, rather than
-    compete with it for the store.
+    compete with it for the store. ``idle`` is set while nothing is left to
+    file and no mail is arriving, and cleared otherwise.
     """
+    idle = idle or threading.Event()
     batch_size = SERVE_SQLITE_BATCH if store.is_sqlite else FILING_BATCH
     give_way = SQLITE_YIELD if store.is_sqlite else 0.0
     os.set_blocking(wake.fileno(), False)
@@ -393,14 +395,17 @@ def run_processor(store: Store, wake: Connection, stop: StopFlag, parent: int,
             stop.wait(2.0)
             continue
         if done:
+            idle.clear()
             filed_since_caught_up = True
             if give_way and wake.poll(0):  # mail was accepted while this batch was filed
                 _settle(wake, give_way * (time.monotonic() - started))
             continue
+        idle.set()
         if filed_since_caught_up:
             filed_since_caught_up = False
             caught_up()
         if wake.poll(1.0):
+            idle.clear()
             _settle(wake, MAX_SETTLE)
 
 

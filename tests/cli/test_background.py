@@ -106,16 +106,16 @@ def test_a_killed_background_process_is_started_again_and_files_what_came_meanwh
 
 def test_filing_says_when_it_has_caught_up_once_per_burst_and_not_when_idle(wall: Store) -> None:
     wake_reader, wake_writer = multiprocessing.Pipe(duplex=False)
-    stop = threading.Event()
-    caught_up: list[int] = []
+    stop, idle = threading.Event(), threading.Event()
+    caught_up: list[tuple[int, bool]] = []  # mail filed by then, and whether filing said it was idle
     def note() -> None:
-        caught_up.append(filed(wall).count("processed"))
+        caught_up.append((filed(wall).count("processed"), idle.is_set()))
 
-    loop = threading.Thread(target=run_processor, args=(wall, wake_reader, stop, os.getppid(), note))
+    loop = threading.Thread(target=run_processor, args=(wall, wake_reader, stop, os.getppid(), note, idle))
     loop.start()
     try:
         time.sleep(1.5)  # idle: one look at an empty store, then a wait for the pipe
-        assert caught_up == []
+        assert caught_up == [] and idle.is_set()
         accept_raw_mail(wall, [mail(n) for n in range(10, 30)])
         os.write(wake_writer.fileno(), b"\0")
         until(lambda: caught_up != [])
@@ -125,5 +125,5 @@ def test_filing_says_when_it_has_caught_up_once_per_burst_and_not_when_idle(wall
         loop.join(timeout=30)
 
     assert not loop.is_alive()
-    assert caught_up == [20]
+    assert caught_up == [(20, True)]  # once, after the whole burst; idle, so the e-mail delivery may write now
     assert filed(wall) == ["processed"] * 20
