@@ -3,8 +3,8 @@
 Both are CPU work that needs no SMTP session and no Slack click: parsing and
 filing, and for each mail an ORM read, a template, the transport and a write.
 In serve's own interpreter e-mail delivery held the GIL that the SMTP
-sessions need for their ``250``: at four connections it cost acceptance a
-quarter to a third of its throughput (``bench/intake.py``). Here the kernel
+sessions need for their ``250``: at four connections acceptance took 25 to
+40 % more mail without it (``bench/intake.py``). Here the kernel
 gives serve the CPU first, and the process that files the mail is the one
 that knows when acknowledgments are due: it wakes the delivery once a burst
 is filed, instead of the delivery finding them at its next look.
