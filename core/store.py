@@ -108,24 +108,24 @@ def translate_store_errors() -> Iterator[None]:
     except StaleDataError as exc:
         raise Conflict("somebody changed this at the same moment; look again and retry") from exc
     except OperationalError as exc:
-        reason = _first_line(exc.orig) if exc.orig is not None else exc.__class__.__name__
-        if _sqlite_busy(exc.orig):
-            raise StoreBusy(f"the database is busy ({reason}); try again shortly") from exc
-        log.info("store unavailable: %s", reason)
-        error = ConnectionLost if exc.connection_invalidated else StoreUnavailable
-        raise error(f"the database is unavailable right now ({reason}); try again shortly") from exc
+        raise _unavailable(exc.orig, lost=exc.connection_invalidated) from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise ConnectionLost("the connection to the database was lost; try again shortly") from exc
         raise
-    except psycopg.OperationalError as exc:  # from the driver itself, where a hot path skips SQLAlchemy
-        log.info("store unavailable: %s", _first_line(exc))
-        raise StoreUnavailable(f"the database is unavailable right now ({_first_line(exc)}); try again shortly") from exc
-    except sqlite3.OperationalError as exc:  # the same
-        if _sqlite_busy(exc):
-            raise StoreBusy(f"the database is busy ({_first_line(exc)}); try again shortly") from exc
-        log.info("store unavailable: %s", _first_line(exc))
-        raise StoreUnavailable(f"the database is unavailable right now ({_first_line(exc)}); try again shortly") from exc
+    # The driver's own errors, where a hot path goes around SQLAlchemy (accepting mail):
+    except (psycopg.OperationalError, sqlite3.OperationalError) as exc:
+        raise _unavailable(exc, lost=False) from exc
+
+
+def _unavailable(error: BaseException | None, *, lost: bool) -> StoreUnavailable:
+    """The error for a database that did not do what was asked: busy (SQLite's lock), the connection lost, or down."""
+    reason = _first_line(error) if error is not None else "OperationalError"
+    if _sqlite_busy(error):
+        return StoreBusy(f"the database is busy ({reason}); try again shortly")
+    log.info("store unavailable: %s", reason)
+    error_type = ConnectionLost if lost else StoreUnavailable
+    return error_type(f"the database is unavailable right now ({reason}); try again shortly")
 
 
 def _sqlite_busy(error: BaseException | None) -> bool:

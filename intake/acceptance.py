@@ -57,8 +57,7 @@ class Acceptor:
         self._queue: deque[tuple[RawMail, asyncio.Future[None]]] = deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-commit")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._committing = False
-        self._idle = asyncio.Event()
+        self._idle = asyncio.Event()  # no commit runs (and so nothing is queued: a message starts one at once)
         self._idle.set()
 
     def start(self) -> None:
@@ -73,7 +72,7 @@ class Acceptor:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if not self._committing:
+        if self._idle.is_set():
             self._commit_next()
         await future
 
@@ -88,7 +87,6 @@ class Acceptor:
         """On the loop: hand the queued messages, as one batch, to the commit thread."""
         assert self._loop is not None, "Acceptor.start() was not called"
         batch = self._take_batch()
-        self._committing = True
         self._idle.clear()
         loop = self._loop
 
@@ -111,11 +109,9 @@ class Acceptor:
                 future.set_result(None)
             else:
                 future.set_exception(error)
-        self._committing = False
+        self._idle.set()
         if self._queue:
             self._commit_next()
-        else:
-            self._idle.set()
         if error is None and self._on_committed is not None:
             self._on_committed()
 

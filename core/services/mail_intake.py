@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -124,21 +124,22 @@ class FilingResult:
 # listener's: it holds the GIL the SMTP sessions wait for); on PostgreSQL one
 # statement per batch size, made once.
 _ACCEPT_COLUMNS = ("sha256", "raw", "size", "source", "envelope_from", "recipients", "peer", "helo", "received_at")
-_ACCEPT_SQLITE = (
-    "INSERT INTO inbound_mail"
-    " (sha256, raw, size, source, envelope_from, recipients, peer, helo, received_at, status, attempts)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', 0)"
-    " ON CONFLICT (sha256) DO NOTHING"
-)
+
+
+def _accept_sql(count: int, placeholder: str) -> str:
+    """The INSERT of ``count`` new rows (already stored bytes are skipped) in the driver's placeholders."""
+    row = "(" + ", ".join([placeholder] * len(_ACCEPT_COLUMNS)) + ", 'received', 0)"
+    return (f"INSERT INTO inbound_mail ({', '.join(_ACCEPT_COLUMNS)}, status, attempts)"
+            f" VALUES {', '.join([row] * count)} ON CONFLICT (sha256) DO NOTHING")
+
+
+_ACCEPT_SQLITE = _accept_sql(1, "?")  # run with executemany
 
 
 @functools.lru_cache(maxsize=256)
 def _accept_on_postgresql_sql(count: int) -> str:
-    """The INSERT of ``count`` rows in one statement, made once per count."""
-    row = "(" + ", ".join(["%s"] * len(_ACCEPT_COLUMNS)) + ", 'received', 0)"
-    return ("INSERT INTO inbound_mail"
-            " (sha256, raw, size, source, envelope_from, recipients, peer, helo, received_at, status, attempts)"
-            f" VALUES {', '.join([row] * count)} ON CONFLICT (sha256) DO NOTHING")
+    """All the rows of a group commit in one statement, made once per batch size."""
+    return _accept_sql(count, "%s")
 
 
 def accept_raw_mail(store: Store, items: Sequence[RawMail]) -> int:
@@ -150,34 +151,33 @@ def accept_raw_mail(store: Store, items: Sequence[RawMail]) -> int:
     """
     if not items:
         return 0
-    now = store.clock.now()
     unique: dict[str, RawMail] = {}
     for item in items:
         unique.setdefault(hashlib.sha256(item.raw).hexdigest(), item)
-    rows = [
-        {
-            "sha256": digest,
-            "raw": item.raw,
-            "size": len(item.raw),
-            "source": item.source,
-            "envelope_from": item.envelope_from,
-            "recipients": "\n".join(item.recipients),
-            "peer": (item.peer or "")[:255] or None,
-            "helo": (item.helo or "")[:255] or None,
-            "received_at": now,
-        }
+    if store.is_sqlite:
+        # The timestamp as the ORM stores it (SQLite has no timestamp type of its own).
+        received_at = _sqlite_timestamp(store.engine.dialect)(store.clock.now())
+        return _accept_on_sqlite(store, _accept_rows(unique, received_at))
+    return _accept_on_postgresql(store, _accept_rows(unique, store.clock.now()))
+
+
+def _accept_rows(unique: dict[str, RawMail], received_at: Any) -> list[tuple[Any, ...]]:
+    """The values of each new row, in the order of _ACCEPT_COLUMNS."""
+    return [
+        (digest, item.raw, len(item.raw), item.source, item.envelope_from, "\n".join(item.recipients),
+         (item.peer or "")[:255] or None, (item.helo or "")[:255] or None, received_at)
         for digest, item in unique.items()
     ]
-    if store.is_sqlite:
-        return _accept_on_sqlite(store, rows)
-    return _accept_on_postgresql(store, rows)
 
 
-def _accept_on_sqlite(store: Store, rows: list[dict[str, Any]]) -> int:
-    """One transaction through the driver; the timestamp stored exactly as the ORM stores it."""
-    as_stored = ReceivedMail.__table__.c.received_at.type.bind_processor(store.engine.dialect) or (lambda v: v)
-    values = [tuple(as_stored(row[name]) if name == "received_at" else row[name] for name in _ACCEPT_COLUMNS)
-              for row in rows]
+@functools.lru_cache(maxsize=None)
+def _sqlite_timestamp(dialect: Any) -> Callable[[datetime], Any]:
+    """The received_at column's own bind processor, made once rather than before every 250."""
+    return ReceivedMail.__table__.c.received_at.type.bind_processor(dialect) or (lambda value: value)
+
+
+def _accept_on_sqlite(store: Store, values: list[tuple[Any, ...]]) -> int:
+    """One transaction through the driver."""
     with translate_store_errors():
         connection = store.engine.raw_connection()
         try:
@@ -191,13 +191,13 @@ def _accept_on_sqlite(store: Store, rows: list[dict[str, Any]]) -> int:
             connection.close()  # back to the pool, which rolls back a transaction left open by an error
 
 
-def _accept_on_postgresql(store: Store, rows: list[dict[str, Any]]) -> int:
+def _accept_on_postgresql(store: Store, rows: list[tuple[Any, ...]]) -> int:
     """Every row in one statement, committed on its own, through the driver.
 
     One statement is all or nothing like a transaction, and in autocommit it
     is one round trip to the server where BEGIN, INSERT and COMMIT were three.
     """
-    values = [row[name] for row in rows for name in _ACCEPT_COLUMNS]
+    values = [value for row in rows for value in row]
     with translate_store_errors():
         connection = store.engine.raw_connection()
         driver = connection.driver_connection
