@@ -49,7 +49,7 @@ from bot.blocks import card_request_key
 from core import migrate, services
 from core.clock import Clock, SystemClock
 from core.db import make_engine
-from core.facade import WRITER_NICENESS
+from core.writer_process import WRITER_NICENESS
 from core.models import Event, Message, OutboxMessage, ReceivedMail, Request
 from core.settings import Settings
 from core.store import Store

@@ -15,7 +15,8 @@ from core import services
 from core.clock import SystemClock
 from core.db import make_engine
 from core.errors import ChangeUncertain, StoreUnavailable, TransitionRefused
-from core.facade import WRITER_NICENESS, AsyncCore
+from core.facade import AsyncCore
+from core.writer_process import WRITER_NICENESS
 from core.queries import get_request_detail
 from core.settings import Settings
 from core.store import Store
