@@ -67,8 +67,9 @@ _READ_SIZE = 1 << 16
 class WriterProcess:
     """One spawned process running service calls in the order they were made, replaced when it dies.
 
-    :meth:`call` runs on the event loop; :meth:`start` and :meth:`close`
-    block, and may run in any thread.
+    :meth:`call` runs on the event loop. :meth:`start` blocks, in any
+    thread; :meth:`close` blocks, on the loop's thread or once the loop has
+    ended (the answers it reads complete the callers' futures).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -83,7 +84,7 @@ class WriterProcess:
     def pid(self) -> int | None:
         """The running writer's pid, when one runs."""
         child = self._child
-        return child.pid if child is not None else None
+        return child.pid if child is not None and not child.gone else None
 
     def start(self) -> None:
         """Start the process (about a second) unless one runs; :class:`StoreUnavailable` if it cannot start."""
