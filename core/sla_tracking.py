@@ -100,18 +100,27 @@ def current_clocks(config: SlaConfig, request: Request, events: Sequence[EventRo
 
 def apply(request: Request, policy: Policy, all_clocks: dict[str, TargetClock],
           recorded: set[tuple[str, str, datetime]]) -> None:
-    """Write the clocks into the request's indexed columns."""
+    """Write the clocks into the request's indexed columns.
+
+    Only the columns whose value changes are set: setting one, even to the
+    value it has, marks the request changed, and the unit of work then runs
+    a flush of its own for nothing (most changes move no due time).
+    """
     first, resolution, following = (all_clocks["first_response"], all_clocks["resolution"],
                                     all_clocks.get("next_reply"))
-    request.sla_policy = policy.name
-    request.first_response_due_at = first.due_at
-    request.resolution_due_at = resolution.due_at
-    request.next_reply_started_at = following.started_at if following else None
-    request.next_reply_due_at = following.due_at if following else None
-    request.first_response_business_seconds = round(first.elapsed_business_seconds) if first.met_at else None
-    request.resolution_business_seconds = (round(resolution.elapsed_business_seconds)
-                                           if resolution.met_at else None)
-    request.sla_next_check_at = None if request.status == Status.CLOSED else next_check(all_clocks, recorded)
+    columns = {
+        "sla_policy": policy.name,
+        "first_response_due_at": first.due_at,
+        "resolution_due_at": resolution.due_at,
+        "next_reply_started_at": following.started_at if following else None,
+        "next_reply_due_at": following.due_at if following else None,
+        "first_response_business_seconds": round(first.elapsed_business_seconds) if first.met_at else None,
+        "resolution_business_seconds": round(resolution.elapsed_business_seconds) if resolution.met_at else None,
+        "sla_next_check_at": None if request.status == Status.CLOSED else next_check(all_clocks, recorded),
+    }
+    for column, value in columns.items():
+        if getattr(request, column) != value:
+            setattr(request, column, value)
 
 
 def refresh(session: Session, config: SlaConfig, requests: Sequence[Request], now: datetime,

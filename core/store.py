@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # Built once: a request is locked for every reply filed, and building the statement cost more than running it
 # (PostgreSQL; SQLite renders no FOR UPDATE).
 _LOCK_REQUEST = select(Request).where(Request.id == bindparam("request_id")).with_for_update()
+_REQUEST_NUMBERED = select(Request).where(Request.number == bindparam("number"))
+_LOCK_REQUEST_NUMBERED = _REQUEST_NUMBERED.with_for_update()
 # Request numbers, see UnitOfWork.next_request_number. Plain statements, built once: through the ORM the
 # UPDATE cost ten times what it does itself.
 _COUNTERS = Counter.__table__
@@ -273,3 +275,12 @@ class UnitOfWork:
             if self.store.is_sqlite:
                 return self.session.get_one(Request, request_id)
             return self.session.execute(_LOCK_REQUEST, {"request_id": request_id}).scalar_one()
+
+    def lock_request_numbered(self, number: int) -> Request | None:
+        """:meth:`lock_request` for the request numbered ``number`` (SR-number), None if there is none.
+
+        One statement where finding the id first and then locking it were two.
+        """
+        statement = _REQUEST_NUMBERED if self.store.is_sqlite else _LOCK_REQUEST_NUMBERED
+        with self.session.no_autoflush:
+            return self.session.execute(statement, {"number": number}).scalar_one_or_none()

@@ -53,7 +53,11 @@ def request_id_in(session: Session, key: str) -> int:
 
 def get_request(uow: UnitOfWork, key: str) -> Request:
     """The request named by ``key``, locked for the rest of the transaction."""
-    return uow.lock_request(request_id_of(uow, key))
+    number = parse_key(key)
+    request = uow.lock_request_numbered(number)
+    if request is None:
+        raise NotFound(f"there is no request SR-{number}")
+    return request
 
 
 def disputed_of(request: Request) -> Money | None:
