@@ -18,10 +18,16 @@ call returned, then the pickled result or exception. The number travels
 outside the pickle so that a call the process cannot unpickle is still
 answered (with the error) rather than lost.
 
-What a death means for the calls in flight: a call whose bytes never
-entered the pipe did not reach the process, and is made by the next one; a
-call that did may or may not have been made, and fails with
-:class:`ChangeUncertain`.
+Serve stops the process by closing its end of the request pipe: the
+process makes the calls it has read and ends. Until then serve reads the
+answers while it sends what is left, since the process, too, may be
+waiting for room in a full pipe.
+
+What a death means for the calls in flight: a call not wholly in the pipe
+cannot have been begun (the process begins a call once it has read all of
+it), so it is made by the next process, in order, before any call made
+after it; a call that was in the pipe may or may not have been made, and
+fails with :class:`ChangeUncertain`.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import itertools
 import logging
 import multiprocessing
 import os
+import selectors
 import signal
 import struct
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, TypeVar
@@ -64,12 +72,24 @@ _ANSWER = struct.Struct("!Q?")  # the call's number, and whether it returned (el
 _READ_SIZE = 1 << 16
 
 
+@dataclass
+class _Call:
+    """One call: its number, its whole frame, the caller's future, and how many processes died before it."""
+
+    number: int
+    frame: memoryview
+    future: asyncio.Future[Any]
+    deaths: int = 0
+
+
 class WriterProcess:
-    """One spawned process running service calls in the order they were made, replaced when it dies.
+    """One spawned process making service calls in the order they were made, replaced when it dies.
 
     :meth:`call` runs on the event loop. :meth:`start` blocks, in any
     thread; :meth:`close` blocks, on the loop's thread or once the loop has
-    ended (the answers it reads complete the callers' futures).
+    ended (the answers it reads complete the callers' futures). A call once
+    made is made even if its caller stops waiting for it (a click
+    acknowledged is a change promised).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -78,7 +98,9 @@ class WriterProcess:
         self._closed = False
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
-        self._starting: asyncio.Future[_Child] | None = None
+        # Calls waiting for a process to start: new ones, and those a dead process never received.
+        self._held: list[_Call] = []
+        self._starting: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -94,27 +116,17 @@ class WriterProcess:
         """``service(store, *args, **kwargs)`` in the writer process; its error is raised here as raised there."""
         loop = asyncio.get_running_loop()
         number = next(self._numbers)
-        request = _frame(_REQUEST.pack(number), ForkingPickler.dumps((service, args, kwargs)))
-        for _ in range(2):
-            child = self._child
-            if child is None or child.gone:
-                child = await self._started()
-            try:
-                return await child.call(loop, number, request)
-            except _NotReached:  # it died before this call was in its pipe: a new one may make it
-                continue
-        raise StoreUnavailable("the writer process stopped twice in a row, so this change was not made")
-
-    async def _started(self) -> _Child:
-        """A running process, started (in a thread) if none runs.
-
-        Every call waiting for it shares one start, and they go on in the
-        order they were made: the calls a dead process never received are
-        made by the next one in their order.
-        """
+        frame = _frame(_REQUEST.pack(number), ForkingPickler.dumps((service, args, kwargs)))
+        call = _Call(number, memoryview(frame), loop.create_future())
+        child = self._child
         if self._starting is None or self._starting.done():
-            self._starting = asyncio.ensure_future(asyncio.to_thread(self._running))
-        return await asyncio.shield(self._starting)
+            if self._closed:
+                raise StoreUnavailable("serve is stopping, so this change was not made")
+            if child is not None and not child.gone:
+                child.send(loop, call)
+                return await call.future
+        self._hold([call], loop)
+        return await call.future
 
     def close(self) -> None:
         """Let the process make the calls already made, then stop it; later calls are refused."""
@@ -122,6 +134,37 @@ class WriterProcess:
             child, self._child, self._closed = self._child, None, True
         if child is not None:
             child.finish()
+        self._refuse_held()
+
+    def _hold(self, calls: list[_Call], loop: asyncio.AbstractEventLoop | None) -> None:
+        """Keep calls until a process runs (starting one on ``loop``), in the order they were made."""
+        for call in calls:
+            if call.deaths >= 2:
+                _settle(call.future, False, StoreUnavailable(
+                    "the writer process stopped twice in a row, so this change was not made"))
+            else:
+                self._held.append(call)
+        if self._closed or loop is None or loop.is_closed():
+            self._refuse_held()
+        elif self._held and (self._starting is None or self._starting.done()):
+            self._starting = loop.create_task(self._start_then_send(loop))
+
+    async def _start_then_send(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            child = await asyncio.to_thread(self._running)
+        except StoreUnavailable as exc:
+            held, self._held = self._held, []
+            for call in held:
+                _settle(call.future, False, exc)
+            return
+        held, self._held = sorted(self._held, key=lambda c: c.number), []
+        for call in held:
+            child.send(loop, call)
+
+    def _refuse_held(self) -> None:
+        held, self._held = self._held, []
+        for call in held:
+            _settle(call.future, False, StoreUnavailable("serve is stopping, so this change was not made"))
 
     def _running(self) -> _Child:
         with self._lock:
@@ -130,89 +173,90 @@ class WriterProcess:
             if self._child is None or self._child.gone:
                 if self._child is not None:
                     self._child.reap()
-                self._child = _Child.spawn(self._settings)
+                self._child = _Child.spawn(self._settings, self._hold)
                 log.info("writer process %s started", self._child.pid)
             return self._child
-
-
-class _NotReached(Exception):
-    """The process died before the call was wholly in its pipe, so it cannot have begun it."""
 
 
 class _Child:
     """One writer process and serve's ends of its two pipes; used from one event loop at a time."""
 
-    def __init__(self, process: Any, requests: Connection, answers: Connection, pid: int) -> None:
+    def __init__(self, process: Any, requests: Connection, answers: Connection, pid: int,
+                 unreached: Callable[[list[_Call], asyncio.AbstractEventLoop | None], None]) -> None:
         self.process = process
         self.pid = pid
         self.gone = False
         self._requests = requests
         self._answers = answers
+        self._unreached = unreached
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        # Frames not yet wholly in the pipe, in order: calls the process cannot have begun, since it
-        # begins a call only once it has read the whole frame.
-        self._unsent: deque[tuple[int, memoryview]] = deque()
+        self._waiting: dict[int, _Call] = {}
+        # Calls not yet wholly in the pipe, in order: the process cannot have begun them, since it
+        # begins a call only once it has read its whole frame. Of the first, _sent bytes are in the pipe.
+        self._unsent: deque[_Call] = deque()
+        self._sent = 0
         self._incoming = bytearray()
         self._watching = False  # whether the loop watches the request pipe for room
 
     @classmethod
-    def spawn(cls, settings: Settings) -> _Child:
+    def spawn(cls, settings: Settings,
+              unreached: Callable[[list[_Call], asyncio.AbstractEventLoop | None], None]) -> _Child:
         context = multiprocessing.get_context("spawn")
         request_reader, request_writer = context.Pipe(duplex=False)
         answer_reader, answer_writer = context.Pipe(duplex=False)
         process = context.Process(target=_writer_main, args=(settings, request_reader, answer_writer),
                                   name="supportdesk-writer", daemon=True)
         try:
-            process.start()
-        finally:
-            request_reader.close()  # the child's ends: with ours closed, its death reads as end of file
-            answer_writer.close()
-        try:
+            try:
+                process.start()
+            finally:
+                request_reader.close()  # the child's ends: with ours closed, its death reads as end of file
+                answer_writer.close()
             if not answer_reader.poll(START_TIMEOUT_SECONDS):
                 raise TimeoutError(f"no answer in {START_TIMEOUT_SECONDS:.0f} s")
             pid = int(answer_reader.recv_bytes())  # sent once its store is open
         except Exception as exc:
-            process.kill()
-            process.join(5)
+            if process.pid is not None:
+                process.kill()
+                process.join(5)
             request_writer.close()
             answer_reader.close()
             log.error("the writer process did not start: %s", exc.__class__.__name__, exc_info=exc)
             raise StoreUnavailable("the writer process did not start, so this change was not made") from None
         os.set_blocking(request_writer.fileno(), False)
         os.set_blocking(answer_reader.fileno(), False)
-        return cls(process, request_writer, answer_reader, pid)
+        return cls(process, request_writer, answer_reader, pid, unreached)
 
-    async def call(self, loop: asyncio.AbstractEventLoop, number: int, request: bytes) -> Any:
+    def send(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+        """Queue a call for the process; the loop writes it as the pipe takes it."""
         if self.gone:
-            raise _NotReached()
+            self._unreached([_died_before(call)], loop)
+            return
         self._attach(loop)
-        future = loop.create_future()
-        self._waiting[number] = future
-        self._unsent.append((number, memoryview(request)))
+        self._waiting[call.number] = call
+        self._unsent.append(call)
         if len(self._unsent) == 1:
             self._write()
-        return await future
 
     def finish(self) -> None:
-        """Send what is unsent and the stop, read every answer, and wait for the process to end.
-
-        Blocking, on the event loop's thread (or once the loop has ended): the answers complete
-        their callers' futures.
-        """
-        self._detach()
+        """Send what is unsent, then the stop (the request pipe closed), reading answers all the while
+        (the process waits for room in the answer pipe as serve may for room in the request pipe),
+        until the process has ended; then collect it."""
         if not self.gone:
-            os.set_blocking(self._requests.fileno(), True)
-            os.set_blocking(self._answers.fileno(), True)
-            try:
-                while self._unsent:
-                    _write_all(self._requests, self._unsent[0][1])
-                    self._unsent.popleft()
-                _write_all(self._requests, memoryview(_LENGTH.pack(0)))  # the stop, after every call made
-                while data := os.read(self._answers.fileno(), _READ_SIZE):
-                    self._received(data)
-            except OSError:  # it died
-                pass
+            self._detach()
+            answers, requests = self._answers.fileno(), self._requests.fileno()
+            with selectors.DefaultSelector() as selector:
+                selector.register(answers, selectors.EVENT_READ)
+                selector.register(requests, selectors.EVENT_WRITE)
+                ended = False
+                while not ended:
+                    for key, _ in selector.select():
+                        if key.fd == answers:
+                            ended = ended or not self._read_answers()
+                        elif not self._requests.closed:
+                            if self._send_or_gone():
+                                selector.unregister(requests)
+                                self._requests.close()  # the stop: it ends after the calls it has read
         self._died()
         self.process.join()
 
@@ -234,89 +278,126 @@ class _Child:
             self._watching = True
 
     def _detach(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._answers.fileno())
-            self._loop.remove_writer(self._requests.fileno())
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._answers.fileno())
+            loop.remove_writer(self._requests.fileno())
         self._watching = False
 
     def _write(self) -> None:
         """Put unsent frames into the pipe until it is full; the loop calls again when it has room."""
-        fd = self._requests.fileno()
-        while self._unsent:
-            number, frame = self._unsent[0]
-            try:
-                written = os.write(fd, frame)
-            except BlockingIOError:
-                written = 0
-            except OSError:  # the process is gone
-                self._died()
-                return
-            if written < len(frame):
-                self._unsent[0] = (number, frame[written:])
-                if not self._watching:
-                    assert self._loop is not None
-                    self._loop.add_writer(fd, self._write)
-                    self._watching = True
-                return
-            self._unsent.popleft()
-        if self._watching:
-            assert self._loop is not None
-            self._loop.remove_writer(fd)
+        try:
+            done = self._send_some()
+        except OSError:  # the process is gone
+            self._died()
+            return
+        assert self._loop is not None
+        if done and self._watching:
+            self._loop.remove_writer(self._requests.fileno())
             self._watching = False
+        elif not done and not self._watching:
+            self._loop.add_writer(self._requests.fileno(), self._write)
+            self._watching = True
 
     def _readable(self) -> None:
+        if not self._read_answers():  # end of file: the process is gone
+            self._died()
+
+    # --- either way ----------------------------------------------------------------------------------------
+
+    def _send_some(self) -> bool:
+        """Write unsent frames until the pipe is full (False) or none is left (True)."""
+        fd = self._requests.fileno()
+        while self._unsent:
+            frame = self._unsent[0].frame
+            try:
+                self._sent += os.write(fd, frame[self._sent:])
+            except BlockingIOError:
+                return False
+            if self._sent < len(frame):
+                return False
+            self._unsent.popleft()
+            self._sent = 0
+        return True
+
+    def _send_or_gone(self) -> bool:
+        """:meth:`_send_some`, True as well when the process is gone (its answers are still to be read)."""
+        try:
+            return self._send_some()
+        except OSError:
+            return True
+
+    def _read_answers(self) -> bool:
+        """Read what answers are there; False at end of file."""
         try:
             data = os.read(self._answers.fileno(), _READ_SIZE)
         except BlockingIOError:
-            return
+            return True
         except OSError:
-            data = b""
-        if not data:  # end of file: the process is gone
-            self._died()
-            return
-        self._received(data)
-
-    def _received(self, data: bytes) -> None:
+            return False
+        if not data:
+            return False
         self._incoming += data
         for answer in _frames(self._incoming):
             self._take(answer)
+        return True
 
     def _take(self, answer: bytes) -> None:
         number, returned = _ANSWER.unpack_from(answer)
-        future = self._waiting.pop(number, None)
-        if future is None or future.done():
+        call = self._waiting.pop(number, None)
+        if call is None or call.future.done():
             return
         try:
             value = ForkingPickler.loads(memoryview(answer)[_ANSWER.size:])
         except Exception as exc:  # noqa: BLE001 - an answer serve cannot read is that call's error
             value, returned = exc, False
+        _settle(call.future, returned, value)
+
+    def _died(self) -> None:
+        """Fail the calls in flight: those never wholly sent go to the next process, the others are uncertain."""
+        if self.gone:
+            return
+        self.gone = True
+        loop = self._loop
+        self._detach()
+        unreached = [_died_before(call) for call in self._unsent]
+        self._unsent.clear()
+        self._sent = 0
+        for call in unreached:
+            del self._waiting[call.number]
+        if self._waiting or unreached:
+            log.error("the writer process stopped unexpectedly; a new one starts with the next change")
+        for call in self._waiting.values():
+            _settle(call.future, False, ChangeUncertain(
+                "the writer process stopped before it answered, so this change may or may not have been "
+                "made; look before making it again"))
+        self._waiting.clear()
+        self._requests.close()
+        self._answers.close()
+        if unreached:  # to the next process, on the loop they came from (none while serve stops)
+            self._unreached(unreached, loop)
+
+
+def _died_before(call: _Call) -> _Call:
+    call.deaths += 1
+    return call
+
+
+def _settle(future: asyncio.Future[Any], returned: bool, value: Any) -> None:
+    """Complete a caller's future, whatever the value: one that cannot be set must not hold up the others."""
+    if future.done():
+        return
+    try:
         if returned:
             future.set_result(value)
         else:
             future.set_exception(value)
-
-    def _died(self) -> None:
-        """Fail the calls in flight: those never sent were not reached, the others are uncertain."""
-        if self.gone:
-            return
-        self.gone = True
-        self._detach()
-        unreached = {number for number, _ in self._unsent}
-        self._unsent.clear()
-        if self._waiting:
-            log.error("the writer process stopped unexpectedly; a new one starts with the next change")
-        for number, future in self._waiting.items():
-            if future.done():
-                continue
-            if number in unreached:
-                future.set_exception(_NotReached())
-            else:
-                future.set_exception(ChangeUncertain(
-                    "the writer process stopped before it answered, so this change may or may not have been "
-                    "made; look before making it again"))
-        self._waiting.clear()
-        self._requests.close()
-        self._answers.close()
+    except (TypeError, RuntimeError):  # StopIteration cannot be raised into a future; a closed loop
+        if not future.done():
+            try:
+                future.set_exception(RuntimeError(f"the writer process answered with {value!r}"))
+            except RuntimeError:
+                pass
 
 
 def _frame(*parts: bytes) -> bytes:
@@ -346,17 +427,11 @@ def _frames(buffer: bytearray) -> list[bytes]:
     return frames
 
 
-def _write_all(connection: Connection, data: memoryview) -> None:
-    """The rest of a frame part of which is in the pipe already (blocking)."""
-    while data:
-        data = data[os.write(connection.fileno(), data):]
-
-
 # --- in the writer process --------------------------------------------------------------------------------
 
 
 def _writer_main(settings: Settings, requests: Connection, answers: Connection) -> None:
-    """Open a store, say so with the pid, then make each call asked for until serve says stop or is gone."""
+    """Open a store, say so with the pid, then make each call asked for until serve closes its end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; serve stops us
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(WRITER_NICENESS)
@@ -368,9 +443,7 @@ def _writer_main(settings: Settings, requests: Connection, answers: Connection) 
         while True:
             try:
                 request = requests.recv_bytes()
-            except EOFError:  # serve is gone
-                break
-            if not request:  # serve's stop, after every call it made
+            except EOFError:  # serve closed its end: its stop, after every call it made (or it is gone)
                 break
             answers.send_bytes(_answer(store, request))
     finally:
