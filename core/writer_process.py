@@ -70,6 +70,7 @@ _LONG_LENGTH = struct.Struct("!Q")  # ... after a header of -1, for longer ones
 _REQUEST = struct.Struct("!Q")  # the call's number
 _ANSWER = struct.Struct("!Q?")  # the call's number, and whether it returned (else it raised)
 _READ_SIZE = 1 << 16
+_STOPPING = "serve is stopping, so this change was not made"
 
 
 @dataclass
@@ -119,9 +120,9 @@ class WriterProcess:
         frame = _frame(_REQUEST.pack(number), ForkingPickler.dumps((service, args, kwargs)))
         call = _Call(number, memoryview(frame), loop.create_future())
         child = self._child
-        if self._starting is None or self._starting.done():
+        if not self._start_pending():
             if self._closed:
-                raise StoreUnavailable("serve is stopping, so this change was not made")
+                raise StoreUnavailable(_STOPPING)
             if child is not None and not child.gone:
                 child.send(loop, call)
                 return await call.future
@@ -146,8 +147,13 @@ class WriterProcess:
                 self._held.append(call)
         if self._closed or loop is None or loop.is_closed():
             self._refuse_held()
-        elif self._held and (self._starting is None or self._starting.done()):
+        elif self._held and not self._start_pending():
             self._starting = loop.create_task(self._start_then_send(loop))
+
+    def _start_pending(self) -> bool:
+        """Whether a start is under way (on a loop that still runs: a test may have ended the last one)."""
+        starting = self._starting
+        return starting is not None and not starting.done() and not starting.get_loop().is_closed()
 
     async def _start_then_send(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -164,12 +170,12 @@ class WriterProcess:
     def _refuse_held(self) -> None:
         held, self._held = self._held, []
         for call in held:
-            _settle(call.future, False, StoreUnavailable("serve is stopping, so this change was not made"))
+            _settle(call.future, False, StoreUnavailable(_STOPPING))
 
     def _running(self) -> _Child:
         with self._lock:
             if self._closed:
-                raise StoreUnavailable("serve is stopping, so this change was not made")
+                raise StoreUnavailable(_STOPPING)
             if self._child is None or self._child.gone:
                 if self._child is not None:
                     self._child.reap()
