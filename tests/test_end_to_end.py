@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import smtplib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -32,6 +33,7 @@ from core.models import Message, ReceivedMail, Request
 from core.queries import get_request_detail
 from tests.conftest import Database
 from tests.e2e_harness import (
+    LOAD_AGENTS,
     SUPPORT_ADDRESS,
     Click,
     Node,
@@ -44,6 +46,7 @@ from tests.e2e_harness import (
     wait_for,
 )
 from tests.e2e_harness import prepare as prepare_store
+from tests import factories
 from tests.intake.gateway import message
 from tests.notifications import SinkHandler, free_port, running_sink
 from tests.slack.fake_slack import FakeSlack
@@ -210,6 +213,40 @@ def test_a_click_with_a_bad_signature_is_refused_and_changes_nothing(
     assert detail.request.status == "new" and "request.claimed" not in [e.kind for e in detail.events]
     assert fake_slack.webhook_posts("forged") == []
     assert node.terminate() == 0
+
+
+def test_every_click_acknowledged_before_sigterm_takes_effect(
+    desk: tuple[Node, SinkHandler], database: Database, fake_slack: FakeSlack
+) -> None:
+    """A click acknowledged is a change promised: serve stopped right after a burst still makes every claim.
+
+    The clicks are answered at once and their claims queue for the writer
+    process (niced below serve): at SIGTERM most are still to be made (all
+    but a few dozen of the 300 when this test was written), and stopping
+    must wait for them, not drop them.
+    """
+    node, _sink = desk
+    store = open_store(database.url)
+    try:
+        keys = [factories.open_request(store, sender=f"burst{n}@acme.test", subject=f"Burst {n}").key
+                for n in range(300)]
+    finally:
+        store.dispose()
+    with ThreadPoolExecutor(max_workers=25) as clicking:
+        clicks = list(clicking.map(
+            lambda pair: click(node, fake_slack, "claim", pair[1], LOAD_AGENTS[pair[0] % len(LOAD_AGENTS)]),
+            enumerate(keys)))
+    assert [c.status for c in clicks] == [200] * len(keys)
+    assert node.terminate() == 0
+    store = open_store(database.url)
+    try:
+        with store.read() as session:
+            claimed = session.execute(
+                select(func.count()).select_from(Request).where(Request.status == "assigned")).scalar_one()
+    finally:
+        store.dispose()
+    assert claimed == len(keys)
+    assert "may or may not have been made" not in node.log() and "Traceback" not in node.log()
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
