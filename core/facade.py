@@ -18,9 +18,10 @@ Writes (:meth:`AsyncCore.call`) run in one of two places:
   busy the kernel gives the loop, which answers Slack and SMTP, the CPU
   first. The call is sent by reference (module and name), its arguments and
   its result (views, plain data) pickled, errors raised again in serve as
-  they were raised. If the process dies, the calls it had not answered
-  fail with :class:`ChangeUncertain` (they may or may not have been made),
-  and the next call starts a new one (:mod:`core.writer_process`).
+  they were raised. If the process dies, a new one makes the calls the
+  dead one never received; those it had received and not answered fail
+  with :class:`ChangeUncertain` (they may or may not have been made). See
+  :mod:`core.writer_process`.
 
 Reads (:meth:`AsyncCore.read`) have a thread pool of their own in serve: in
 WAL mode SQLite readers never wait for the writer, so a lookup on the way to
