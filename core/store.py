@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import Engine, bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -116,8 +116,19 @@ def translate_store_errors() -> Iterator[None]:
             raise ConnectionLost("the connection to the database was lost; try again shortly") from exc
         raise
     # The driver's own errors, where a hot path goes around SQLAlchemy (accepting mail):
-    except (psycopg.OperationalError, sqlite3.OperationalError) as exc:
+    except sqlite3.OperationalError as exc:
         raise _unavailable(exc, lost=False) from exc
+    except Exception as exc:
+        if not _postgresql_operational(exc):
+            raise
+        raise _unavailable(exc, lost=False) from exc
+
+
+def _postgresql_operational(error: BaseException) -> bool:
+    """psycopg's OperationalError, found without importing psycopg: a store on SQLite never loads it
+    (some 9 MB in each of serve's processes), and then no error can be one."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error, psycopg.OperationalError)
 
 
 def _unavailable(error: BaseException | None, *, lost: bool) -> StoreUnavailable:

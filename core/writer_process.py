@@ -258,7 +258,8 @@ class _Child:
                 while not ended:
                     for key, _ in selector.select():
                         if key.fd == answers:
-                            ended = ended or not self._read_answers()
+                            if not self._read_answers():
+                                ended = True
                         elif not self._requests.closed:
                             if self._send_or_gone():
                                 selector.unregister(requests)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import psycopg
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
@@ -208,8 +207,8 @@ def _accept_on_postgresql(store: Store, rows: list[tuple[Any, ...]]) -> int:
             finally:
                 if not driver.broken:
                     driver.autocommit = False
-        except psycopg.OperationalError as exc:
-            if not driver.broken:
+        except Exception as exc:
+            if not driver.broken:  # the statement failed, the connection did not
                 raise
             connection.invalidate()  # never back into the pool: the next commit opens a new one
             raise ConnectionLost(f"the connection to the database was lost ({exc.__class__.__name__}); "

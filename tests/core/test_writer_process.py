@@ -10,13 +10,10 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from core.clock import SystemClock
-from core.db import make_engine
 from core.errors import ChangeUncertain, StoreUnavailable
 from core.settings import Settings
 from core.store import Store
@@ -83,11 +80,9 @@ def in_a_thread(scenario: Any, seconds: float = 120.0) -> Any:
 
 
 @pytest.fixture
-def settings(store: Store, database: Database) -> Iterator[Settings]:
-    """Settings of a migrated test database; the writer process opens its store from them, on the wall clock."""
-    wall = Store(make_engine(database.url), SystemClock(), Settings(database_url=database.url))
-    yield wall.settings
-    wall.dispose()
+def settings(database: Database) -> Settings:
+    """Settings of a migrated test database: the writer process opens its own store from them."""
+    return Settings(database_url=database.url)
 
 
 def test_calls_are_made_in_the_order_made_through_a_burst_larger_than_the_pipe(settings: Settings) -> None:
