@@ -1,12 +1,22 @@
 """Commit-before-250: the raw message is in the store before the SMTP session hears ``250``.
 
-Sessions hand their message to one :class:`Acceptor`, which commits on a
-single writer thread (the event loop never waits on the database) and puts
-every message that arrived while the previous commit ran into the next
-transaction. Under load that is one commit for many messages; alone, a
-message waits for nothing but its own commit.
+Sessions hand their message to one :class:`Acceptor`, which makes one commit
+at a time and puts every message that arrived while the previous commit ran
+into the next transaction. Under load that is one commit for many messages;
+alone, a message waits for nothing but its own commit.
 
-On SQLite the acceptance commit shares one write lock with the mail
+On PostgreSQL the commit is awaited on the event loop itself
+(:class:`core.services.mail_intake.PostgresAcceptance`): one connection of
+the acceptor's own, in autocommit, never pinged (the pool's "pre-ping", a
+``SELECT 1`` round trip before every transaction, was a third of the time a
+lone message's commit took). A connection that was lost since is found by
+the commit itself; the batch is then tried once more at once on a new
+connection, which is safe because storing the same bytes twice is a no-op.
+
+SQLite's driver cannot wait without blocking, so there the commit runs on a
+single writer thread: a session's message goes straight to the thread when
+no commit runs, and the thread settles the sessions' futures with one
+callback. The acceptance commit shares one write lock with the mail
 processor and the outbox delivery. SQLite's own busy handler sleeps 1, 2, 5,
 10, 15, 20, 25 ms and more between tries, so a session could wait tens of
 milliseconds after the lock was already free; the acceptor therefore opens
@@ -14,16 +24,9 @@ its connections with no busy wait and retries every half millisecond itself,
 for as long as the store's own busy timeout allows; then the sessions answer
 ``451``.
 
-On PostgreSQL the acceptor has a connection of its own without the pool's
-"pre-ping" (a ``SELECT 1`` round trip before every transaction: a third of
-the time a lone message's commit took). A connection that was lost since
-is found by the commit itself; the batch is then tried once more at once on
-a new connection, which is safe because storing the same bytes twice is a
-no-op. Either way the session hears ``250`` only after a commit succeeded.
-
-From the event loop to the commit thread and back is one hand-over each
-way: a session's message goes straight to the thread when no commit runs,
-and the thread settles the sessions' futures with one callback.
+Either way the session hears ``250`` only after a commit succeeded, and the
+commit does not depend on the session: a session that goes away leaves its
+message to be committed all the same.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from core.db import SQLITE_BUSY_TIMEOUT_MS, make_engine
 from core.errors import ConnectionLost, StoreBusy
-from core.services.mail_intake import RawMail, accept_raw_mail
+from core.services.mail_intake import PostgresAcceptance, RawMail, accept_raw_mail
 from core.store import Store
 
 log = logging.getLogger("supportdesk.intake")
@@ -55,7 +58,11 @@ class Acceptor:
         self._own_store = self._store is not store
         self._on_committed = on_committed
         self._queue: deque[tuple[RawMail, asyncio.Future[None]]] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-commit")
+        # PostgreSQL: commits awaited on the loop; SQLite: commits on one writer thread.
+        self._on_loop = None if self._store.is_sqlite else PostgresAcceptance(self._store)
+        self._executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-commit")
+                          if self._on_loop is None else None)
+        self._commit_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()  # no commit runs (and so nothing is queued: a message starts one at once)
         self._idle.set()
@@ -79,15 +86,22 @@ class Acceptor:
     async def close(self) -> None:
         """Commit what is queued, then stop the writer thread."""
         await self._idle.wait()
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._on_loop is not None:
+            await self._on_loop.close()
         if self._own_store:
             self._store.dispose()
 
     def _commit_next(self) -> None:
-        """On the loop: hand the queued messages, as one batch, to the commit thread."""
+        """On the loop: start the commit of the queued messages, as one batch."""
         assert self._loop is not None, "Acceptor.start() was not called"
         batch = self._take_batch()
         self._idle.clear()
+        if self._on_loop is not None:
+            self._commit_task = self._loop.create_task(self._commit_on_loop(batch))
+            return
+        assert self._executor is not None
         loop = self._loop
 
         def commit() -> None:
@@ -99,6 +113,21 @@ class Acceptor:
                 loop.call_soon_threadsafe(self._committed, batch, None)
 
         self._executor.submit(commit)
+
+    async def _commit_on_loop(self, batch: list[tuple[RawMail, asyncio.Future[None]]]) -> None:
+        """PostgreSQL: commit on the loop; once more at once on a new connection if the one held was lost."""
+        assert self._on_loop is not None
+        items = [item for item, _ in batch]
+        try:
+            try:
+                await self._on_loop.accept(items)
+            except ConnectionLost:
+                log.info("the acceptance connection to the database was lost; committing again on a new one")
+                await self._on_loop.accept(items)
+        except Exception as exc:  # every waiting session answers 451; the message is not ours yet
+            self._committed(batch, exc)
+        else:
+            self._committed(batch, None)
 
     def _committed(self, batch: list[tuple[RawMail, asyncio.Future[None]]], error: Exception | None) -> None:
         """On the loop: answer the batch's sessions, then start on what queued up meanwhile."""
@@ -125,7 +154,7 @@ class Acceptor:
         return batch
 
     def _commit_now(self, items: Sequence[RawMail]) -> None:
-        """On the commit thread: commit; retry while SQLite's lock is held elsewhere, and once on a lost connection."""
+        """On the commit thread (SQLite): commit; retry while the lock is held elsewhere, and once on a lost connection."""
         deadline = time.monotonic() + self._lock_wait
         reconnected = False
         while True:
@@ -147,9 +176,7 @@ def _store_for_acceptance(store: Store) -> tuple[Store, float]:
     """The same database through connections of the acceptor's own, and how long to wait for SQLite's lock."""
     if store.is_sqlite:
         return _without_busy_wait(store)
-    url = store.engine.url.render_as_string(hide_password=False)
-    engine = make_engine(url, pool_pre_ping=False, pool_size=1, max_overflow=0)
-    return Store(engine, store.clock, store.settings), 0.0
+    return store, 0.0  # PostgresAcceptance opens a connection of its own, outside the pool
 
 
 def _without_busy_wait(store: Store) -> tuple[Store, float]:
