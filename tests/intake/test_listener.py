@@ -13,6 +13,8 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -378,3 +380,136 @@ def _make_available(store: Store) -> None:
 
 _LOCKS: dict[int, sqlite3.Connection] = {}
 
+
+
+# --- DATA: our reader against aiosmtpd's, byte for byte ---------------------------------------------
+
+SMALL_LINE_LIMIT = 200  # both servers' line limit (and their stream reader's) in the comparison below
+SMALL_SIZE_LIMIT = 6_000
+
+
+class _Recorder:
+    """An aiosmtpd handler that keeps what each DATA delivered."""
+
+    def __init__(self) -> None:
+        self.contents: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: object, envelope: object) -> str:
+        self.contents.append(bytes(envelope.original_content))  # type: ignore[attr-defined]
+        return "250 OK"
+
+
+class _SmallOurs(GatewaySMTP):
+    line_length_limit = SMALL_LINE_LIMIT
+
+
+class _SmallTheirs(SMTP):
+    line_length_limit = SMALL_LINE_LIMIT
+
+
+def _data_payloads(count: int) -> list[bytes]:
+    """DATA as clients send it (end of data included), built to reach every edge.
+
+    Each payload breaks at most one limit: a message with a line too long and
+    too much data may be refused with either reply.
+    """
+    rng = random.Random(1870)
+    ordinary = [b"", b".", b"..", b"...", b".x", b"x.", b"end of sentence.", b"Hi", b"a\rb", b"a\nb", b"a\n.",
+                b"\r", b".\r", b"QUIT", b"=2E", b"x" * 76]
+    payloads = [b".\r\n", b"..\r\n.\r\n", b"\r\n.\r\n", b"x\r\n.\r\n", b".x\r\n.\r\n", b"x\r\n..\r\n.\r\n"]
+    while len(payloads) < count:
+        mode = rng.choice(["ordinary", "ordinary", "long line", "too much"])
+        lines = [rng.choice(ordinary) for _ in range(rng.randint(0, 40))]
+        if mode == "long line":
+            lines.insert(rng.randint(0, len(lines)), b"y" * rng.randint(SMALL_LINE_LIMIT - 4, SMALL_LINE_LIMIT + 2))
+        elif mode == "too much":
+            lines += [b"z" * 70] * rng.randint(80, 95)
+        # A line that is a dot alone would end the data: clients double it. Other leading dots are left
+        # as some clients send them, for the server to remove.
+        payloads.append(b"".join((b".." if line == b"." else line) + b"\r\n" for line in lines) + b".\r\n")
+    return payloads
+
+
+# DATA in parts the server reads one at a time: the reader's limit falls where an end of line is split.
+SPLIT_PAYLOADS = [
+    # the <CR><LF> before the end of data in one piece, ".<CR><LF>" in the next
+    (b"abc\r\n" * 60 + b"abc\r\n.", b"\r\n"),
+    # a line one octet too long whose <CR><LF> is split between two pieces
+    (b"abc\r\n" + b"y" * (SMALL_LINE_LIMIT - 1) + b"\r\nQ", b"\r\n.\r\n"),
+    # the same line one octet shorter: it fits
+    (b"abc\r\n" + b"y" * (SMALL_LINE_LIMIT - 2) + b"\r\nQ", b"\r\n.\r\n"),
+]
+
+
+def _deliver(make_protocol: Callable[[], asyncio.Protocol], payloads: list[bytes | tuple[bytes, ...]],
+             seed: int) -> list[bytes]:
+    """One SMTP session: each payload after MAIL, RCPT and DATA, the replies.
+
+    A payload is written in random pieces; one given in parts is written a
+    part at a time, with a pause for the server to read each.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(loop.create_server(make_protocol, "127.0.0.1", 0), loop).result(10)
+    rng = random.Random(seed)
+    replies = []
+    try:
+        with socket.create_connection(server.sockets[0].getsockname()[:2], timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = sock.makefile("rb")
+
+            def reply() -> bytes:
+                while (line := reader.readline())[3:4] == b"-":
+                    pass
+                return line
+
+            reply()
+            sock.sendall(b"EHLO client.test\r\n")
+            reply()
+            for payload in payloads:
+                sock.sendall(b"MAIL FROM:<jane@acme.test>\r\nRCPT TO:<support@localhost>\r\nDATA\r\n")
+                assert [reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+                if isinstance(payload, tuple):
+                    for part in payload:
+                        sock.sendall(part)
+                        time.sleep(0.05)
+                    replies.append(reply())
+                    continue
+                at = 0
+                while at < len(payload):
+                    step = rng.choice([1, 2, 3, 5, 64, 199, 201, 4096])
+                    sock.sendall(payload[at:at + step])
+                    at += step
+                    if rng.random() < 0.2:
+                        time.sleep(0.0005)  # let the server read what has come so far
+                replies.append(reply())
+            sock.sendall(b"QUIT\r\n")
+            assert reply()[:3] == b"221"
+            assert reader.read() == b""  # the server closed the session: its task has ended
+    finally:
+        server.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    return replies
+
+
+def test_our_data_reader_gives_aiosmtpds_answers_and_content(store: Store) -> None:
+    """The same DATA, cut at random places, to aiosmtpd's SMTP and to ours: the same replies, the same bytes."""
+    payloads: list[bytes | tuple[bytes, ...]] = [*_data_payloads(400), *SPLIT_PAYLOADS]
+    runs = {}
+    for name, cls in (("theirs", _SmallTheirs), ("ours", _SmallOurs)):
+        recorder = _Recorder()
+        gateway = SmtpGateway(store.settings, Acceptor(store))
+        options = dict(hostname="mx.test", data_size_limit=SMALL_SIZE_LIMIT, enable_SMTPUTF8=True, decode_data=False)
+        if cls is _SmallOurs:
+            make: Callable[[], asyncio.Protocol] = lambda: _SmallOurs(gateway, recorder, **options)  # noqa: E731
+        else:
+            make = lambda: _SmallTheirs(recorder, **options)  # noqa: E731
+        runs[name] = (_deliver(make, payloads, seed=7), recorder.contents)
+    their_replies, their_contents = runs["theirs"]
+    our_replies, our_contents = runs["ours"]
+    assert {reply[:3] for reply in their_replies} == {b"250", b"500", b"552"}  # every outcome was reached
+    assert our_replies == their_replies
+    assert our_contents == their_contents
