@@ -30,14 +30,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from core.log_format import configure_logging
+from core.process_name import name_this_process
 from core.settings import Settings
 from core.store import Store
-from intake.processor import drain_wakes, run_processor
-from notifications.email_delivery import run_email_delivery
-from notifications.mail_transport import transport_for
 
 log = logging.getLogger("supportdesk.intake")
 
+PROCESS_NAME = "sd-background"  # in top and ps -o comm
 # Niced below serve: when the two cores are busy, the process that answers SMTP sessions and
 # Slack clicks gets the CPU.
 NICENESS = 5
@@ -135,6 +134,12 @@ def _ring(writer: Connection) -> None:
 
 def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Connection, delivery_bell: Connection,
                 stop: multiprocessing.synchronize.Event) -> None:
+    # Imported here, not by serve: parsing, HTML to text and delivery cost serve some 7 MB it never uses.
+    from intake.processor import run_processor
+    from notifications.email_delivery import run_email_delivery
+    from notifications.mail_transport import transport_for
+
+    name_this_process(PROCESS_NAME)
     configure_logging(logging.INFO, settings.log_format)  # a spawned process: serve's log set-up is not inherited
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -172,6 +177,8 @@ def _waiter(wake: Connection, filing_idle: threading.Event | None,
     for at most DELIVERY_GIVES_WAY_AT_MOST seconds, or until the process stops.
     """
     os.set_blocking(wake.fileno(), False)
+
+    from intake.processor import drain_wakes
 
     def wait(seconds: float) -> bool:
         rung = wake.poll(seconds)

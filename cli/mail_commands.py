@@ -32,7 +32,8 @@ from core.services.mail_intake import (
 )
 from core.store import Store
 from core.views import QuarantinedMailView
-from intake.processor import process_one, process_pending, reader_pool
+# intake.processor (parsing, HTML to text) is imported by the commands that file mail, not here:
+# `supportdesk serve` loads this module for its command line and never parses mail itself.
 
 STORE_BATCH = 200
 # Filing: messages per transaction, and how many are filed per call of
@@ -145,6 +146,8 @@ def _ingest(args: argparse.Namespace, store: Store) -> int:
     progress = Progress(len(sources), enabled=not args.no_progress and sys.stderr.isatty())
     started = time.perf_counter()
     workers = parser_workers(len(sources))
+    from intake.processor import reader_pool
+
     with reader_pool(workers) as readers:  # the parser processes start while the raw bytes are stored
         new = _store_raw(store, sources, progress)
         outcomes = _file_all(store, readers, workers, progress)
@@ -179,6 +182,8 @@ def _store_raw(store: Store, sources: list[Source], progress: Progress) -> int:
 
 def _file_all(store: Store, readers: Executor | None, workers: int, progress: Progress) -> Counter[str]:
     """File everything waiting, parsing ahead in ``readers``; stops when a round files nothing more."""
+    from intake.processor import process_pending
+
     outcomes: Counter[str] = Counter()
 
     def filed(results: list[FilingResult]) -> None:
@@ -274,6 +279,8 @@ def _quarantine_show(args: argparse.Namespace, store: Store) -> int:
 
 
 def _quarantine_release(args: argparse.Namespace, store: Store) -> int:
+    from intake.processor import process_one
+
     release_quarantined(store, args.id, actor=args.actor)
     result = process_one(store, args.id)
     if args.json:

@@ -50,6 +50,7 @@ from typing import Any, Callable, TypeVar
 
 from core.errors import ChangeUncertain, StoreUnavailable
 from core.log_format import configure_logging
+from core.process_name import name_this_process
 from core.settings import Settings
 from core.store import Store
 
@@ -62,6 +63,7 @@ log = logging.getLogger("supportdesk.core")
 # later. At 10 it gets about a tenth of a core it shares with serve; at 5 a quarter, and serve then answered
 # Slack clicks more slowly (bench/slack.py).
 WRITER_NICENESS = 10
+PROCESS_NAME = "sd-writer"  # in top and ps -o comm
 PARENT_CHECK_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 60.0  # spawning takes about a second; a machine swapping hard may take much longer
 
@@ -439,6 +441,7 @@ def _frames(buffer: bytearray) -> list[bytes]:
 
 def _writer_main(settings: Settings, requests: Connection, answers: Connection) -> None:
     """Open a store, say so with the pid, then make each call asked for until serve closes its end."""
+    name_this_process(PROCESS_NAME)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; serve stops us
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(WRITER_NICENESS)

@@ -25,6 +25,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from core.digest import DigestFigures, Kind, digest_figures, monday_of, week_label
+from core.process_name import name_this_process
 from core.services.digests import DigestView, RenderedDigest, find_digest, record_digest
 from core.settings import Settings
 from core.store import Store
@@ -32,6 +33,7 @@ from notifications.chart import short_date, trend_chart
 from templates import render
 
 SYSTEM_ACTOR = "system:scheduler"
+PROCESS_NAME = "sd-digest"  # the short-lived child that makes a digest, in top and ps -o comm
 CHILD_POLL_SECONDS = 0.1
 
 
@@ -129,6 +131,7 @@ async def make_digest_in_child(settings: Settings, due: DueDigest, now: datetime
 
 
 def _make_in_child(settings: Settings, due: DueDigest, now: datetime, sender: Connection) -> None:
+    name_this_process(PROCESS_NAME)
     store = Store.open(settings)
     try:
         made = make_digest(store, due, now=now)
