@@ -421,7 +421,10 @@ class MemorySampler(threading.Thread):
     """Samples VmRSS and PSS of each watched process and its children every 0.2 s; keeps the maxima.
 
     Roles: "main" (the watched process), one per kind of child, "tree" (sum
-    of RSS at one instant) and "tree pss" (sum of PSS at one instant).
+    of RSS at one instant) and "tree pss" (sum of PSS at one instant), and
+    "tree pss under load": the latter while a cell is under way for that
+    target (from its first message until every message is filed and every
+    acknowledgement sent), as DESIGN.md words the goal.
     """
 
     def __init__(self) -> None:
@@ -431,6 +434,11 @@ class MemorySampler(threading.Thread):
         self.peak: dict[str, dict[str, int]] = {}  # name -> role -> kB
         self._lock = threading.Lock()
         self._halt = threading.Event()
+        self._loaded: set[str] = set()
+
+    def under_load(self, name: str, loaded: bool) -> None:
+        with self._lock:
+            (self._loaded.add if loaded else self._loaded.discard)(name)
 
     def watch(self, name: str, pid: int) -> None:
         with self._lock:
@@ -475,17 +483,16 @@ class MemorySampler(threading.Thread):
                         self._children[name] = kids
                 rss = status_kb(root, "VmRSS")
                 total, pss = rss, pss_kb(root)
-                daily = 0  # the PSS of the once-a-day digest maker, when it runs
                 self._note(name, "main", rss)
                 for kid in self.children(name):
-                    kid_rss, kid_pss, label = status_kb(kid, "VmRSS"), pss_kb(kid), child_label(kid)
-                    self._note(name, label, kid_rss)
+                    kid_rss = status_kb(kid, "VmRSS")
+                    self._note(name, child_label(kid), kid_rss)
                     total += kid_rss
-                    pss += kid_pss
-                    daily += kid_pss if label == "digest maker" else 0
+                    pss += pss_kb(kid)
                 self._note(name, "tree", total)
                 self._note(name, "tree pss", pss)
-                self._note(name, "tree pss without digest", pss - daily)
+                if name in self._loaded:
+                    self._note(name, "tree pss under load", pss)
             tick += 1
 
     def stop(self) -> None:
@@ -756,6 +763,15 @@ def run_cell(target: Target, size_name: str, connections: int, count: int, seq: 
     messages = [make_message(n, SIZES[size_name], rng) for n in seq.take(count)]
     before = target.db.counts()[0] if target.is_gateway and target.db else 0
     cpu_start = CpuSnapshot(target, sampler)
+    sampler.under_load(target.name, True)
+    try:
+        return _run_cell(target, size_name, connections, messages, before, cpu_start, sampler, drain_timeout)
+    finally:
+        sampler.under_load(target.name, False)
+
+
+def _run_cell(target: Target, size_name: str, connections: int, messages: list[Message], before: int,
+              cpu_start: CpuSnapshot, sampler: MemorySampler, drain_timeout: float) -> Cell:
     run, started = drive(target.port, messages, connections)
     cpu_sent = CpuSnapshot(target, sampler)
     cell = Cell(size_name, connections, target.name, run, statistics.fmean(m.size for m in messages))
@@ -1044,7 +1060,8 @@ def print_memory(memory: dict[str, dict[str, int]], names: list[str]) -> None:
                   if role != "main" and not role.startswith("tree")]
         if "tree" in roles and len(roles) > 4:
             parts.append(f"whole tree at one instant: RSS {roles.get('tree', 0) / 1024:.0f}, "
-                         f"PSS {roles.get('tree pss', 0) / 1024:.0f}")
+                         f"PSS {roles.get('tree pss', 0) / 1024:.0f} "
+                         f"(under intake load {roles.get('tree pss under load', 0) / 1024:.0f})")
         print(f"  {name:<18}" + ", ".join(parts))
     print("  PSS divides pages the processes share (interpreter, libraries) among them; RSS counts them in each.")
 
@@ -1106,11 +1123,11 @@ def print_goals(cells: list[Cell], memory: dict[str, dict[str, int]], ingest: In
         rss_mb, pss_mb = roles.get("tree", 0) / 1024, roles.get("tree pss", 0) / 1024
         print(f"  {verdict(max(processes.values()) < GOAL_RSS_MB)} {name}: peak RSS < {GOAL_RSS_MB:.0f} MB per "
               f"process: " + ", ".join(f"{role} {mb:.0f} MB" for role, mb in processes.items()))
-        print(f"  {verdict(pss_mb < GOAL_RSS_MB)} {name}: serve with its children < {GOAL_RSS_MB:.0f} MB at one "
-              f"instant: PSS {pss_mb:.0f} MB (RSS summed {rss_mb:.0f} MB)")
-        if "digest maker" in roles:
-            print(f"  {'':<10}without the digest maker (a child that lives a second or two, once a day; here at "
-                  f"start-up): PSS {roles.get('tree pss without digest', 0) / 1024:.0f} MB")
+        loaded_mb = roles.get("tree pss under load", 0) / 1024
+        print(f"  {verdict(loaded_mb < GOAL_RSS_MB)} {name}: serve with its children < {GOAL_RSS_MB:.0f} MB at one "
+              f"instant under intake load: PSS {loaded_mb:.0f} MB")
+        print(f"  {'':<10}(at any instant of the run, start-up and its digests included: PSS {pss_mb:.0f} MB, "
+              f"RSS summed {rss_mb:.0f} MB)")
     if ingest is None:
         return
     goal = GOAL_INGEST_FACTOR * HELPDESK_RATE
