@@ -176,9 +176,9 @@ def _waiter(wake: Connection, filing_idle: threading.Event | None,
     With ``filing_idle`` (SQLite), it then also waits until filing is idle,
     for at most DELIVERY_GIVES_WAY_AT_MOST seconds, or until the process stops.
     """
-    os.set_blocking(wake.fileno(), False)
-
     from intake.processor import drain_wakes
+
+    os.set_blocking(wake.fileno(), False)
 
     def wait(seconds: float) -> bool:
         rung = wake.poll(seconds)

@@ -151,6 +151,8 @@ class GatewaySMTP(SMTP):
 
     def __init__(self, gateway: SmtpGateway, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self._decode_data:  # smtp_DATA below hands the handler bytes, as the gateway stores them
+            raise ValueError("GatewaySMTP keeps mail as bytes: decode_data must be off")
         self._gateway = gateway
         self.in_data = False
 
