@@ -84,8 +84,14 @@ class Acceptor:
         await future
 
     async def close(self) -> None:
-        """Commit what is queued, then stop the writer thread."""
-        await self._idle.wait()
+        """Commit what is queued, then let go of the commit thread or the connection.
+
+        Not done at the first moment no commit runs: a commit that ends
+        starts the next batch in the same step (so ``_idle`` may be clear
+        again when this wakes), so wait until none runs and none is queued.
+        """
+        while not (self._idle.is_set() and not self._queue):
+            await self._idle.wait()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if self._on_loop is not None:

@@ -25,6 +25,7 @@ from aiosmtpd.smtp import SMTP
 
 from core.db import make_engine
 from core.models import ReceivedMail
+from core.services.mail_intake import RawMail
 from core.store import Store
 from intake.acceptance import Acceptor
 from intake.listener import GatewaySMTP, SmtpGateway
@@ -257,6 +258,57 @@ def test_a_write_lock_held_for_a_moment_by_another_writer_is_waited_out_and_answ
     released.join()
     locker.close()
     assert len(stored(store)) == 1 and gw.gateway.counters.temporary_failures == 0
+
+
+def _hold_write_lock(store: Store) -> Callable[[], None]:
+    """Another writer takes the lock the acceptance commit needs; returns what releases it."""
+    if store.is_sqlite:
+        locker = sqlite3.connect(store.engine.url.database, isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN IMMEDIATE")
+
+        def release() -> None:
+            locker.execute("ROLLBACK")
+            locker.close()
+
+        return release
+    holder = psycopg.connect(store.engine.url.set(drivername="postgresql").render_as_string(False))
+    holder.execute("LOCK TABLE inbound_mail IN EXCLUSIVE MODE")
+
+    def release_pg() -> None:
+        holder.rollback()
+        holder.close()
+
+    return release_pg
+
+
+def test_closing_the_acceptor_commits_what_waits_behind_the_commit_in_progress(store: Store) -> None:
+    """close() returns only once every message handed over is committed, also one queued behind a slow commit,
+    even when the loop ends right after it (as serve's does)."""
+    release = _hold_write_lock(store)
+    released = threading.Timer(0.4, release)
+
+    async def hand_over_then_close() -> None:
+        acceptor = Acceptor(store)
+        acceptor.start()
+        first = asyncio.create_task(acceptor.accept(RawMail(b"first\r\n", "jane@acme.test", ("support@localhost",))))
+        await asyncio.sleep(0.15)  # the first commit now waits for the lock
+        second = asyncio.create_task(acceptor.accept(RawMail(b"second\r\n", "jane@acme.test", ("support@localhost",))))
+        await asyncio.sleep(0.05)
+        released.start()
+        await acceptor.close()
+        assert first.done() and second.done()
+
+    asyncio.run(hand_over_then_close())
+    released.join()
+    assert [r.raw for r in stored(store)] == [b"first\r\n", b"second\r\n"]
+
+
+def test_help_knows_data_as_aiosmtpd_does(store: Store) -> None:
+    with running_gateway(store) as gw, gw.client() as client:
+        client.ehlo("client.test")
+        assert client.docmd("HELP", "DATA") == (250, b"Syntax: DATA")
+        code, listing = client.docmd("HELP")
+    assert code == 250 and b" DATA" in listing
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)  # SQLite has no connection to lose
