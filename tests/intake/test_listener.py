@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import os
 import random
 import shutil
@@ -237,29 +236,6 @@ def test_a_store_that_cannot_commit_answers_451_and_the_retry_is_stored_once(sto
     assert [r.raw for r in stored(store)] == [raw]
 
 
-def test_a_write_lock_held_for_a_moment_by_another_writer_is_waited_out_and_answered_250(store: Store) -> None:
-    """Another writer holds the lock for 0.3 s: the session hears 250, not 451, and the message is stored once.
-
-    On SQLite the acceptor retries the database lock itself (its connections
-    do not wait); on PostgreSQL the INSERT waits for the table lock.
-    """
-    if store.is_sqlite:
-        locker = sqlite3.connect(store.engine.url.database, isolation_level=None, check_same_thread=False)
-        locker.execute("BEGIN IMMEDIATE")
-        release = functools.partial(locker.execute, "ROLLBACK")
-    else:
-        locker = psycopg.connect(store.engine.url.set(drivername="postgresql").render_as_string(False))
-        locker.execute("LOCK TABLE inbound_mail IN EXCLUSIVE MODE")
-        release = locker.rollback
-    released = threading.Timer(0.3, release)
-    with running_gateway(store) as gw, gw.client() as client:
-        released.start()
-        assert client.sendmail("jane@acme.test", ["support@localhost"], message(subject="wait for it")) == {}
-    released.join()
-    locker.close()
-    assert len(stored(store)) == 1 and gw.gateway.counters.temporary_failures == 0
-
-
 def _hold_write_lock(store: Store) -> Callable[[], None]:
     """Another writer takes the lock the acceptance commit needs; returns what releases it."""
     if store.is_sqlite:
@@ -281,11 +257,24 @@ def _hold_write_lock(store: Store) -> Callable[[], None]:
     return release_pg
 
 
+def test_a_write_lock_held_for_a_moment_by_another_writer_is_waited_out_and_answered_250(store: Store) -> None:
+    """Another writer holds the lock for 0.3 s: the session hears 250, not 451, and the message is stored once.
+
+    On SQLite the acceptor retries the database lock itself (its connections
+    do not wait); on PostgreSQL the INSERT waits for the table lock.
+    """
+    released = threading.Timer(0.3, _hold_write_lock(store))
+    with running_gateway(store) as gw, gw.client() as client:
+        released.start()
+        assert client.sendmail("jane@acme.test", ["support@localhost"], message(subject="wait for it")) == {}
+    released.join()
+    assert len(stored(store)) == 1 and gw.gateway.counters.temporary_failures == 0
+
+
 def test_closing_the_acceptor_commits_what_waits_behind_the_commit_in_progress(store: Store) -> None:
     """close() returns only once every message handed over is committed, also one queued behind a slow commit,
     even when the loop ends right after it (as serve's does)."""
-    release = _hold_write_lock(store)
-    released = threading.Timer(0.4, release)
+    released = threading.Timer(0.4, _hold_write_lock(store))
 
     async def hand_over_then_close() -> None:
         acceptor = Acceptor(store)
