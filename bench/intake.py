@@ -1055,10 +1055,10 @@ def print_memory(memory: dict[str, dict[str, int]], names: list[str]) -> None:
         if not roles:
             continue
         kind = "serve process" if name in ("sqlite", "postgres") else "process"
-        parts = [f"{kind} {roles.get('main', 0) / 1024:.0f}"]
-        parts += [f"{role} {kb / 1024:.0f}" for role, kb in sorted(roles.items())
-                  if role != "main" and not role.startswith("tree")]
-        if "tree" in roles and len(roles) > 4:
+        children = [f"{role} {kb / 1024:.0f}" for role, kb in sorted(roles.items())
+                    if role != "main" and not role.startswith("tree")]
+        parts = [f"{kind} {roles.get('main', 0) / 1024:.0f}", *children]
+        if children:
             parts.append(f"whole tree at one instant: RSS {roles.get('tree', 0) / 1024:.0f}, "
                          f"PSS {roles.get('tree pss', 0) / 1024:.0f} "
                          f"(under intake load {roles.get('tree pss under load', 0) / 1024:.0f})")
@@ -1118,8 +1118,8 @@ def print_goals(cells: list[Cell], memory: dict[str, dict[str, int]], ingest: In
             print(f"  {verdict(None)} {name}: peak memory of serve < {GOAL_RSS_MB:.0f} MB")
             continue
         processes = {"serve": roles.get("main", 0) / 1024}
-        processes.update((role, kb / 1024) for role, kb in roles.items() if role not in ("main",) and
-                         not role.startswith("tree"))
+        processes.update((role, kb / 1024) for role, kb in roles.items()
+                         if role != "main" and not role.startswith("tree"))
         rss_mb, pss_mb = roles.get("tree", 0) / 1024, roles.get("tree pss", 0) / 1024
         print(f"  {verdict(max(processes.values()) < GOAL_RSS_MB)} {name}: peak RSS < {GOAL_RSS_MB:.0f} MB per "
               f"process: " + ", ".join(f"{role} {mb:.0f} MB" for role, mb in processes.items()))

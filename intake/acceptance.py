@@ -160,9 +160,11 @@ class Acceptor:
         return batch
 
     def _commit_now(self, items: Sequence[RawMail]) -> None:
-        """On the commit thread (SQLite): commit; retry while the lock is held elsewhere, and once on a lost connection."""
+        """On the commit thread (SQLite): commit; retry while the lock is held elsewhere.
+
+        (A file has no connection to lose: that retry is PostgreSQL's, in :meth:`_commit_on_loop`.)
+        """
         deadline = time.monotonic() + self._lock_wait
-        reconnected = False
         while True:
             try:
                 accept_raw_mail(self._store, items)
@@ -171,11 +173,6 @@ class Acceptor:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(LOCK_RETRY)
-            except ConnectionLost:
-                if reconnected:
-                    raise
-                reconnected = True
-                log.info("the acceptance connection to the database was lost; committing again on a new one")
 
 
 def _store_for_acceptance(store: Store) -> tuple[Store, float]:

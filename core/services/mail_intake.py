@@ -202,14 +202,14 @@ def _accept_on_postgresql(store: Store, rows: list[tuple[Any, ...]]) -> int:
     One statement is all or nothing like a transaction, and in autocommit it
     is one round trip to the server where BEGIN, INSERT and COMMIT were three.
     """
-    values = [value for row in rows for value in row]
+    statement, values = _postgresql_insert(rows)
     with translate_store_errors():
         connection = store.engine.raw_connection()
         driver = connection.driver_connection
         try:
             driver.autocommit = True
             try:
-                return driver.execute(_accept_on_postgresql_sql(len(rows)), values).rowcount
+                return driver.execute(statement, values).rowcount
             finally:
                 if not driver.broken:
                     driver.autocommit = False
@@ -217,10 +217,18 @@ def _accept_on_postgresql(store: Store, rows: list[tuple[Any, ...]]) -> int:
             if not driver.broken:  # the statement failed, the connection did not
                 raise
             connection.invalidate()  # never back into the pool: the next commit opens a new one
-            raise ConnectionLost(f"the connection to the database was lost ({exc.__class__.__name__}); "
-                                 "try again shortly") from exc
+            raise _connection_lost(exc) from exc
         finally:
             connection.close()
+
+
+def _postgresql_insert(rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """The one INSERT of ``rows`` and its parameters, in the driver's order."""
+    return _accept_on_postgresql_sql(len(rows)), [value for row in rows for value in row]
+
+
+def _connection_lost(error: Exception) -> ConnectionLost:
+    return ConnectionLost(f"the connection to the database was lost ({error.__class__.__name__}); try again shortly")
 
 
 class PostgresAcceptance:
@@ -253,18 +261,16 @@ class PostgresAcceptance:
         """Commit ``items`` in one statement; returns how many were new (as :func:`accept_raw_mail`)."""
         if not items:
             return 0
-        rows = _accept_rows(_by_digest(items), self._store.clock.now())
-        values = [value for row in rows for value in row]
+        statement, values = _postgresql_insert(_accept_rows(_by_digest(items), self._store.clock.now()))
         with translate_store_errors():
             connection = self._connection or await self._connect()
             try:
-                cursor = await connection.execute(_accept_on_postgresql_sql(len(rows)), values)
+                cursor = await connection.execute(statement, values)
             except Exception as exc:
                 if not connection.broken:  # the statement failed, the connection did not
                     raise
                 await self._let_go()
-                raise ConnectionLost(f"the connection to the database was lost ({exc.__class__.__name__}); "
-                                     "try again shortly") from exc
+                raise _connection_lost(exc) from exc
             return int(cursor.rowcount)
 
     async def close(self) -> None:
