@@ -22,8 +22,8 @@ reported on its own):
   DAY+1`` costs. Every figure is printed as a multiple of it.
 
 It also prints the first ``trend_chart`` call of the process (which imports
-matplotlib), a whole first digest in a fresh process (what the serve
-process's child and ``supportdesk digest --print`` pay), each SQL statement
+Pillow), a whole first digest in a fresh process (what serve's background
+process and ``supportdesk digest --print`` pay the first time), each SQL statement
 of ``digest_figures`` with its time and SQLite query plan, and whether the
 goal (total under 2,000 ms) is met.
 
@@ -277,9 +277,9 @@ def time_digest(store: Store, runs: int) -> dict[str, Any]:
 
     tz = store.settings.tz
     period, _ = digest_periods(store)
-    out: dict[str, Any] = {"matplotlib_before": "matplotlib" in sys.modules}
+    out: dict[str, Any] = {"pillow_before": "PIL.ImageDraw" in sys.modules}
     with ChartTimer() as chart:
-        # The first run of the process: cold statement caches; the chart imports matplotlib.
+        # The first run of the process: cold statement caches; the chart imports Pillow.
         out["cold_figures"], figures = timed(lambda: digest_figures(store, "daily", DAY, DIGEST_NOW))
         out["cold_render"], rendered = timed(lambda: render_digest(figures, tz))
         out["cold_chart"] = chart.last
@@ -447,17 +447,17 @@ def main() -> int:
     row("total: figures + render", med["total"])
     print(f"  {'(first run of the process:)':<52}")
     row("digest_figures, first call", t["cold_figures"], 2)
-    row("trend_chart, first call (imports matplotlib)", t["cold_chart"], 2)
+    row("trend_chart, first call (imports Pillow)", t["cold_chart"], 2)
     row("total, first call", t["cold_figures"] + t["cold_render"], 2)
-    if t["matplotlib_before"]:
-        print("  (matplotlib was imported before the first chart: the first call above is not cold)")
+    if t["pillow_before"]:
+        print("  (Pillow was imported before the first chart: the first call above is not cold)")
 
     cold = cold_process(args.db, 3)
     c = {k: statistics.median(r[k] for r in cold) for k in cold[0]}
     print(f"  {'(a first digest in a fresh process, median of 3:)':<52}")
     row("interpreter start to digest made (wall)", c["wall"], 2)
     row("figures + render in it", c["figures"] + c["render"], 2)
-    row("of which the chart (imports matplotlib)", c["chart"], 4)
+    row("of which the chart (imports Pillow)", c["chart"], 4)
 
     verdict = "met" if med["total"] < GOAL_MS else "NOT met"
     print(f"\n  goal: the digest (figures + render, warm) under {GOAL_MS:,.0f} ms: {verdict} "

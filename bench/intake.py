@@ -21,7 +21,7 @@ smtplib): it shares the two cores with the servers, so it must be cheap, and
 its CPU is reported. Per cell: accepted messages/s, p50 and p99 latency from
 writing the final ``.`` to reading the reply, errors (replies that are not
 2xx/3xx), the ratio to the sink, and for the gateways how fast mail is filed
-into requests (serve's mail processor child, after the ``250``) and how fast
+into requests (serve's background process, after the ``250``) and how fast
 the acknowledgements leave. CPU per process comes from /proc; "others" is CPU
 used by everything outside the run, so a noisy figure shows as one. Peak
 memory is VmHWM plus VmRSS/PSS sampled every 0.2 s, per process and for the
@@ -73,7 +73,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.proc_stats import children_of, cmdline, pss_kb, stat_fields, status_kb  # noqa: E402 - light: os only
+from tests.proc_stats import children_of, cmdline, comm, pss_kb, stat_fields, status_kb  # noqa: E402 - light: os only
 
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -387,19 +387,16 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12]) if fields else 0  # utime + stime
 
 
-# serve's children name themselves (core/process_name.py); all are "python -c ... spawn_main" by command line.
-CHILD_NAMES = {"sd-background": "mail processor", "sd-digest": "digest maker", "sd-writer": "writer"}
+# serve's children name themselves (core/process_name.py). A forked one has serve's command line; a spawned
+# one, "python -c ... spawn_main" until it has named itself.
+CHILD_NAMES = {"sd-background": "background process", "sd-writer": "writer"}
 
 
 def child_label(pid: int) -> str:
     line = cmdline(pid)
     if "resource_tracker" in line:
         return "resource tracker"
-    try:
-        with open(f"/proc/{pid}/comm") as handle:
-            name = handle.read().strip()
-    except OSError:
-        name = ""
+    name = comm(pid)
     if name in CHILD_NAMES:
         return CHILD_NAMES[name]
     return "unnamed child" if "spawn_main" in line else (line.split() or ["?"])[0].rsplit("/", 1)[-1]
@@ -678,7 +675,7 @@ class Target:
             return {}
         roles = {"listener": cpu_ticks(self.process.pid) / CLK_TCK}
         for kid in sampler.children(self.name):
-            role = "processor" if child_label(kid) == "mail processor" else "other child"
+            role = "processor" if child_label(kid) == "background process" else "other child"
             roles[role] = roles.get(role, 0.0) + cpu_ticks(kid) / CLK_TCK
         if self.db is not None and isinstance(self.db, PostgresDatabase):
             roles["postgres"] = sum(cpu_ticks(pid) for pid in self.db.backend_pids()) / CLK_TCK
@@ -1039,7 +1036,7 @@ def print_cpu(cells: list[Cell], order: list[str]) -> None:
               f"{_pct(pct, 'processor'):>8}{_pct(pct, 'postgres'):>6}{other:>8.0f}{idle:>6.0f}  |"
               f"{per_msg('listener'):>8}{per_msg('processor'):>8}{per_msg('postgres'):>6}")
     print("  client = this script's event loop; server = the serving process (for the gateways: the SMTP")
-    print("  listener, its commit thread and e-mail delivery); procssr = serve's mail processor child;")
+    print("  listener, its commit thread and e-mail delivery); procssr = serve's background process;")
     print("  pg = PostgreSQL backends of that target's database; others = busy CPU of everything outside this")
     print("  run (other work on the machine); idle = cores idle (waiting on disk, locks or round trips).")
 

@@ -1,38 +1,61 @@
-"""serve's background process: it files accepted mail and delivers e-mail, niced below serve.
+"""serve's background process: it files accepted mail, delivers e-mail and makes the digests, niced below serve.
 
-Both are CPU work that needs no SMTP session and no Slack click: parsing and
-filing, and for each mail an ORM read, a template, the transport and a write.
-In serve's own interpreter e-mail delivery held the GIL that the SMTP
-sessions need for their ``250``: at four connections acceptance took 25 to
-40 % more mail without it (``bench/intake.py``). Here the kernel
-gives serve the CPU first, and the process that files the mail is the one
-that knows when acknowledgments are due: it wakes the delivery once a burst
-is filed, instead of the delivery finding them at its next look.
+All three are CPU work that needs no SMTP session and no Slack click:
+parsing and filing; for each e-mail an ORM read, a template, the transport
+and a write; for a digest the metrics, the text and the chart. In serve's
+own interpreter they held the GIL that the SMTP sessions need for their
+``250``: at four connections acceptance took 25 to 40 % more mail without
+e-mail delivery in it (``bench/intake.py``). Here the kernel gives serve the
+CPU first, and the process that files the mail is the one that knows when
+acknowledgments are due: it wakes the delivery once a burst is filed,
+instead of the delivery finding them at its next look.
 
-The process runs two threads: filing (:func:`intake.processor.run_processor`)
-and the e-mail delivery (:func:`notifications.email_delivery.run_email_delivery`).
-serve rings one pipe after every commit of accepted mail and another after
-anything else it wrote to the outbox (a reply from Slack, a digest), and
-restarts the process if it dies.
+The process runs three threads: filing (:func:`intake.processor.run_processor`),
+the e-mail delivery (:func:`notifications.email_delivery.run_email_delivery`)
+and the digest maker, which makes a digest when serve's scheduler asks
+(:meth:`BackgroundProcess.make_digest`). serve rings one pipe after every
+commit of accepted mail and another after anything else it wrote to the
+outbox (a reply from Slack, a digest), and restarts the process if it dies.
+
+**Forked, while serve has one thread.** serve starts the process before its
+event loop, its store connections and any thread exist, with ``fork``: the
+child begins as a copy of serve that shares every page of the interpreter,
+SQLAlchemy and the models with it until one of them writes to the page, and
+there is no resource tracker to start. Together that keeps some 60 MB out of
+serve's tree (``bench/intake.py`` prints it). A fork is only safe while no
+other thread can hold a lock the child would inherit, so a restart, which
+happens in a serve with threads, spawns a fresh interpreter instead
+(``multiprocessing``'s ``spawn``): a dead process comes back either way, at
+the price of that memory until serve restarts. The parent tells the child to
+stop with SIGTERM, not a shared ``multiprocessing.Event``: an Event made for
+a fork cannot be handed to a spawned process, and one made for a spawn needs
+the resource tracker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import itertools
 import logging
 import multiprocessing
-import multiprocessing.synchronize
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.allocator import return_memory_promptly
 from core.log_format import configure_logging
 from core.process_name import name_this_process
 from core.settings import Settings
 from core.store import Store
+
+if TYPE_CHECKING:
+    from notifications.digest_job import DueDigest
 
 log = logging.getLogger("supportdesk.intake")
 
@@ -40,12 +63,16 @@ PROCESS_NAME = "sd-background"  # in top and ps -o comm
 # Niced below serve: when the two cores are busy, the process that answers SMTP sessions and
 # Slack clicks gets the CPU.
 NICENESS = 5
-# Filing and delivery finish what they hold when stopped: a batch of mail, one e-mail each.
+# Filing, delivery and the digest maker finish what they hold when stopped: a batch of mail, one
+# e-mail, one digest; each is one transaction.
 STOP_TIMEOUT = 30.0
 # On SQLite every e-mail sent is a write (the row marked sent), and the listener needs the one
 # write lock before each 250: while mail arrives or waits to be filed, the delivery waits too,
 # but never longer than this, so a long stream of mail delays acknowledgments without starving them.
 DELIVERY_GIVES_WAY_AT_MOST = 30.0
+# How often serve looks for a digest's answer, and the digest maker for the end of the process.
+DIGEST_POLL_SECONDS = 0.1
+DIGEST_MAKER_LOOKS_FOR_STOP = 0.5
 
 
 class BackgroundProcess:
@@ -59,17 +86,26 @@ class BackgroundProcess:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._context = multiprocessing.get_context("spawn")
-        self._filing = _WakePipe(self._context)
-        self._delivery = _WakePipe(self._context)
-        self._stop = self._context.Event()
+        self._filing = _WakePipe()
+        self._delivery = _WakePipe()
+        # Digests: serve sends (number, due, now) and reads back (number, outcome, value), one at a time.
+        self._digest_requests, self._digest_orders = multiprocessing.Pipe(duplex=False)
+        self._digest_answers, self._digest_replies = multiprocessing.Pipe(duplex=False)
+        self._digest_numbers = itertools.count(1)
+        self._one_digest_at_a_time: asyncio.Lock | None = None
+        self._stopping = False
         self._process: Any = None
+        self.start_method = ""
         self.restarts = 0
 
     def start(self) -> None:
-        self._process = self._context.Process(
+        """Fork the process if this one has no other thread, spawn it otherwise (see the module's docstring)."""
+        self.start_method = "fork" if threading.active_count() == 1 else "spawn"
+        context = multiprocessing.get_context(self.start_method)
+        self._process = context.Process(
             target=_child_main,
-            args=(self._settings, self._filing.reader, self._delivery.reader, self._delivery.writer, self._stop),
+            args=(self._settings, self._filing.reader, self._delivery.reader, self._delivery.writer,
+                  self._digest_requests, self._digest_replies),
             name="supportdesk-background", daemon=True,
         )
         self._process.start()
@@ -82,16 +118,56 @@ class BackgroundProcess:
         """Something other than filing queued e-mail (a reply, a resolution, a digest): deliver it."""
         self._delivery.ring()
 
+    async def make_digest(self, store: Store, due: DueDigest, now: datetime) -> int | None:
+        """Have the process make the digest ``due`` as of ``now``; the new digest's id, or None if it existed.
+
+        The scheduler's way in serve (``store`` is there to fit its
+        signature: the process has a store of its own). One digest at a time;
+        an answer to an earlier request whose caller stopped waiting is
+        skipped. Raises RuntimeError when the digest failed or the process
+        died before answering (the scheduler tries again at its next run).
+        Cancelled, the request stands: the process finishes the digest in
+        one transaction, and a digest is never made twice.
+        """
+        if self._one_digest_at_a_time is None:
+            self._one_digest_at_a_time = asyncio.Lock()
+        async with self._one_digest_at_a_time:
+            number = next(self._digest_numbers)
+            self._digest_orders.send((number, due, now))
+            while True:
+                if self._digest_answers.poll():
+                    answered, outcome, value = self._digest_answers.recv()
+                    if answered != number:
+                        continue
+                    break
+                if not self.is_alive:
+                    outcome, value = "died", f"the background process ended ({self._process.exitcode})"
+                    break
+                await asyncio.sleep(DIGEST_POLL_SECONDS)
+        if outcome != "made":
+            raise RuntimeError(f"making the {due.kind} digest {due.period} failed in the background process: {value}")
+        return value if isinstance(value, int) else None
+
     def check(self) -> None:
         """Restart the child if it died; called periodically by ``serve``."""
-        if self._process is not None and not self._process.is_alive() and not self._stop.is_set():
-            log.error("mail processor exited with %s; restarting it", self._process.exitcode)
+        if self._process is not None and not self._process.is_alive() and not self._stopping:
+            log.error("background process exited with %s; restarting it", self._process.exitcode)
             self.restarts += 1
             self.start()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Let the child finish the batch and the e-mail in hand, then wait for it (both are transactional)."""
-        self._stop.set()
+        """Let the child finish the batch, the e-mail and the digest in hand, then wait for it.
+
+        Each of them is one transaction. Calling it again does nothing more.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._process is not None and self._process.is_alive():
+            try:
+                os.kill(self._process.pid, signal.SIGTERM)
+            except ProcessLookupError:  # it ended just now
+                pass
         self._filing.ring()
         self._delivery.ring()
         if self._process is not None:
@@ -99,8 +175,10 @@ class BackgroundProcess:
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5)
-        self._filing.close()
-        self._delivery.close()
+        for end in (self._filing, self._delivery):
+            end.close()
+        for connection in (self._digest_requests, self._digest_orders, self._digest_answers, self._digest_replies):
+            connection.close()
 
     @property
     def pid(self) -> int | None:
@@ -113,8 +191,8 @@ class BackgroundProcess:
 
 
 class _WakePipe:
-    def __init__(self, context: Any) -> None:
-        self.reader, self.writer = context.Pipe(duplex=False)
+    def __init__(self) -> None:
+        self.reader, self.writer = multiprocessing.Pipe(duplex=False)
         os.set_blocking(self.writer.fileno(), False)
 
     def ring(self) -> None:
@@ -133,14 +211,17 @@ def _ring(writer: Connection) -> None:
 
 
 def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Connection, delivery_bell: Connection,
-                stop: multiprocessing.synchronize.Event) -> None:
+                digest_requests: Connection, digest_replies: Connection) -> None:
     # Imported here, not by serve: parsing, HTML to text and delivery cost serve some 7 MB it never uses.
     from intake.processor import run_processor
     from notifications.email_delivery import run_email_delivery
     from notifications.mail_transport import transport_for
 
+    gc.freeze()  # forked: keep the collector's hands off the pages shared with serve
+    return_memory_promptly()  # forked, serve's settings are kept; spawned, these are they
     name_this_process(PROCESS_NAME)
-    configure_logging(logging.INFO, settings.log_format)  # a spawned process: serve's log set-up is not inherited
+    configure_logging(logging.INFO, settings.log_format)  # forked, serve's set-up is kept; spawned, this is it
+    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     os.nice(NICENESS)
@@ -148,25 +229,48 @@ def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Conn
     started = time.monotonic()
     store = Store.open(settings)
     # Set once filing has ended: because serve said stop (the ring makes that prompt), because serve
-    # is gone, or on an error. Not ``stop`` itself: serve reads that to tell a stop it asked for from
-    # a death it should restart the process after.
+    # is gone, or on an error.
     finished = threading.Event()
     filing_idle = threading.Event()
-    delivery = threading.Thread(
-        target=run_email_delivery,
-        args=(store, transport_for(settings), finished,
-              _waiter(delivery_wake, filing_idle if store.is_sqlite else None, finished)),
-        name="email-delivery",
-    )
-    delivery.start()
+    helpers = [
+        threading.Thread(target=run_email_delivery,
+                         args=(store, transport_for(settings), finished,
+                               _waiter(delivery_wake, filing_idle if store.is_sqlite else None, finished)),
+                         name="email-delivery"),
+        threading.Thread(target=_make_digests, args=(store, digest_requests, digest_replies, finished),
+                         name="digest-maker"),
+    ]
+    for helper in helpers:
+        helper.start()
     try:
         run_processor(store, filing_wake, stop, parent, caught_up=lambda: _ring(delivery_bell), idle=filing_idle)
     finally:
         finished.set()
         _ring(delivery_bell)
-        delivery.join()
+        for helper in helpers:
+            helper.join()
         store.dispose()
-    log.info("mail processor stopped after %.0f s", time.monotonic() - started)
+    log.info("background process stopped after %.0f s", time.monotonic() - started)
+
+
+def _make_digests(store: Store, requests: Connection, replies: Connection, finished: threading.Event) -> None:
+    """Make each digest serve asks for and answer with its id (None if it existed) or what went wrong.
+
+    The chart's drawing library is imported at the first digest, so a
+    process that never makes one never pays for it.
+    """
+    while not finished.is_set():
+        if not requests.poll(DIGEST_MAKER_LOOKS_FOR_STOP):
+            continue
+        number, due, now = requests.recv()
+        try:
+            from notifications.digest_job import make_digest
+
+            made = make_digest(store, due, now=now)
+            replies.send((number, "made", made.id if made is not None else None))
+        except Exception as exc:  # noqa: BLE001 - reported to serve, whose scheduler logs it and tries again
+            log.exception("making the %s digest %s failed", due.kind, due.period)
+            replies.send((number, "failed", f"{exc.__class__.__name__}: {exc}"))
 
 
 def _waiter(wake: Connection, filing_idle: threading.Event | None,

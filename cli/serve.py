@@ -28,6 +28,7 @@ from cli.http_listener import HttpListener
 from cli.output import safe_url
 from cli.vitals import ServeVitals
 from core import migrate
+from core.allocator import return_memory_promptly
 from core.errors import InvalidInput
 from core.leadership import leader_lock
 from core.facade import AsyncCore
@@ -172,7 +173,9 @@ def serve(settings: Settings) -> int:
     # APScheduler logs every run of every job at INFO (the leader election every 10 s); its warnings
     # (a job that missed its time) and errors still show. Our jobs log what they did themselves.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return_memory_promptly()  # before any thread: serve and the background process it forks
     store = Store.open(settings)
+    background = BackgroundProcess(settings)
     try:
         migrate.upgrade(store.engine)
         store.ping()
@@ -181,14 +184,30 @@ def serve(settings: Settings) -> int:
                 log.info("%s: started (%s)", part.name, part.reason)
             else:
                 log.info("%s: not started (%s)", part.name, part.reason)
-        asyncio.run(_run(store))
+        _start_background(store, background)
+        asyncio.run(_run(store, background))
     finally:
+        background.stop()  # done already unless the loop ended early
         store.dispose()
     log.info("stopped")
     return 0
 
 
-async def _run(store: Store) -> None:
+def _start_background(store: Store, background: BackgroundProcess) -> None:
+    """Fork the background process now, while serve has one thread and no connection open.
+
+    The child opens a store of its own; a connection it inherited would be
+    one socket used by two processes. Objects alive now are frozen out of
+    the garbage collector's scans, in serve and in the child, so neither
+    writes to the pages they share merely by collecting (``cli.background``).
+    """
+    store.engine.dispose()
+    gc.collect()
+    gc.freeze()
+    background.start()
+
+
+async def _run(store: Store, background: BackgroundProcess) -> None:
     settings = store.settings
     # Only the Slack app makes changes through the façade; with it, they run in a writer process of their own.
     core = AsyncCore(store, writer_process=slack_plan(settings).start)
@@ -197,8 +216,6 @@ async def _run(store: Store) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    background = BackgroundProcess(settings)
-    background.start()
     acceptor = Acceptor(store, on_committed=background.mail_committed)
     acceptor.start()
     gateway = SmtpGateway(settings, acceptor)
@@ -211,7 +228,7 @@ async def _run(store: Store) -> None:
     try:
         await _start_listening(settings, gateway, listener, slack)
     except BaseException:
-        background.stop()
+        await asyncio.to_thread(background.stop)
         await acceptor.close()
         core.close()
         raise
@@ -221,7 +238,8 @@ async def _run(store: Store) -> None:
         if slack is not None:
             slack.delivery.wake.set()
 
-    scheduler = Scheduler(store, leader_lock(store), outbox_written=outbox_written)
+    scheduler = Scheduler(store, leader_lock(store), outbox_written=outbox_written,
+                          make_digest_with=background.make_digest)
     scheduler.start()
     vitals.scheduler = scheduler
     _tune_garbage_collection()

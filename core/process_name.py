@@ -1,9 +1,9 @@
 """A name for each of serve's processes, as ``top`` and ``ps -o comm`` show it.
 
-serve's children are all started as ``python -c "from multiprocessing.spawn
-import ..."``; without a name of their own an operator (and the benchmarks'
-memory figures) cannot tell the background process from the writer or the
-digest maker. Linux keeps a 15-character name per thread; the main thread's
+serve's children start either as a copy of serve (forked) or as ``python
+-c "from multiprocessing.spawn import ..."``; without a name of their own an
+operator (and the benchmarks' memory figures) cannot tell the background
+process from serve or from the writer. Linux keeps a 15-character name per thread; the main thread's
 is the process's.
 """
 

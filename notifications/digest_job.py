@@ -10,31 +10,24 @@ digest already recorded is never made again.
 :func:`make_digest` reads the figures (``core.digest``), renders them with
 the jinja2 templates and draws the chart, then records the result
 (``core.services.digests``), whose event queues the Slack post and the
-e-mail copies. The serve process runs it in a short-lived child process
-(:func:`make_digest_in_child`): the metrics read a lot and matplotlib costs
-some 60 MB that a long-running server should not keep for a once-a-day job.
+e-mail copies. serve runs it in its background process
+(``cli.background``): the metrics read a lot, and the process that answers
+SMTP sessions and Slack clicks should not wait for the CPU they take.
 """
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
-from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from core.digest import DigestFigures, Kind, digest_figures, monday_of, week_label
-from core.process_name import name_this_process
 from core.services.digests import DigestView, RenderedDigest, find_digest, record_digest
-from core.settings import Settings
 from core.store import Store
 from notifications.chart import short_date, trend_chart
 from templates import render
 
 SYSTEM_ACTOR = "system:scheduler"
-PROCESS_NAME = "sd-digest"  # the short-lived child that makes a digest, in top and ps -o comm
-CHILD_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,44 +93,3 @@ def make_digest(store: Store, due: DueDigest, *, now: datetime | None = None,
 def preview_digest(store: Store, due: DueDigest, *, now: datetime | None = None) -> RenderedDigest:
     """The digest as it would be made now, without recording or sending it."""
     return render_digest(digest_figures(store, due.kind, due.first_day, now), store.settings.tz)
-
-
-async def make_digest_in_child(settings: Settings, due: DueDigest, now: datetime) -> int | None:
-    """:func:`make_digest` in a fresh process that exits afterwards; the new digest's id, or None.
-
-    The loop only polls a pipe meanwhile. Cancelled (serve is stopping), the
-    child is terminated: its transaction has not committed, so nothing is
-    half made, and the next leader makes the digest.
-    """
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_make_in_child, args=(settings, due, now, sender), name="supportdesk-digest",
-                            daemon=True)
-    child.start()
-    sender.close()
-    try:
-        while not receiver.poll() and child.is_alive():
-            await asyncio.sleep(CHILD_POLL_SECONDS)
-        outcome, value = receiver.recv() if receiver.poll() else ("died", f"exit code {child.exitcode}")
-    except asyncio.CancelledError:
-        child.terminate()
-        raise
-    finally:
-        receiver.close()
-        await asyncio.to_thread(child.join, 10)
-    if outcome != "made":
-        raise RuntimeError(f"making the {due.kind} digest {due.period} failed in its process: {value}")
-    return value if isinstance(value, int) else None
-
-
-def _make_in_child(settings: Settings, due: DueDigest, now: datetime, sender: Connection) -> None:
-    name_this_process(PROCESS_NAME)
-    store = Store.open(settings)
-    try:
-        made = make_digest(store, due, now=now)
-        sender.send(("made", made.id if made is not None else None))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which logs it
-        sender.send(("failed", f"{exc.__class__.__name__}: {exc}"))
-    finally:
-        sender.close()
-        store.dispose()

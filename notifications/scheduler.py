@@ -2,8 +2,8 @@
 
 APScheduler 3's ``AsyncIOScheduler`` runs the jobs as coroutines in the same
 loop as the SMTP listener and the Slack app; the blocking work of each job
-runs in a worker thread (or, for the digest, a child process), so the loop
-keeps answering. Every job coalesces (a job that fell behind runs once, not
+runs in a worker thread (or, for the digest in serve, its background
+process), so the loop keeps answering. Every job coalesces (a job that fell behind runs once, not
 once per missed tick), runs one instance at a time, and may start up to a
 grace period late.
 
@@ -36,7 +36,7 @@ from core.leadership import LeaderLock
 from core.services import housekeeping
 from core.services import sla
 from core.store import Store
-from notifications.digest_job import DueDigest, due_digests, make_digest, make_digest_in_child
+from notifications.digest_job import DueDigest, due_digests, make_digest
 
 log = logging.getLogger("supportdesk.scheduler")
 
@@ -50,13 +50,14 @@ MISFIRE_GRACE_SECONDS = 300
 DigestMaker = Callable[[Store, DueDigest, datetime], Awaitable[int | None]]
 
 
-async def digest_in_child(store: Store, due: DueDigest, now: datetime) -> int | None:
-    """serve's way: a child process, so matplotlib's memory and the metrics' CPU stay out of serve."""
-    return await make_digest_in_child(store.settings, due, now)
-
-
 async def digest_in_thread(store: Store, due: DueDigest, now: datetime) -> int | None:
-    """For tests and small installations: the same work in a worker thread of this process."""
+    """The digest made in a worker thread of this process.
+
+    serve passes its background process's way instead
+    (``cli.background.BackgroundProcess.make_digest``), which keeps the
+    metrics' CPU and the chart's memory out of the process that answers
+    SMTP sessions and Slack clicks.
+    """
     made = await asyncio.to_thread(make_digest, store, due, now=now)
     return made.id if made is not None else None
 
@@ -65,7 +66,7 @@ class Scheduler:
     """The jobs, their triggers, and whether this process leads."""
 
     def __init__(self, store: Store, lock: LeaderLock, *, outbox_written: Callable[[], None] = lambda: None,
-                 make_digest_with: DigestMaker = digest_in_child) -> None:
+                 make_digest_with: DigestMaker = digest_in_thread) -> None:
         self._store = store
         self._lock = lock
         self._outbox_written = outbox_written
@@ -95,9 +96,9 @@ class Scheduler:
         """Stop scheduling, end the job under way, and hand the lead to another process.
 
         A job is cancelled where it waits: the blocking part of a sweep or of
-        housekeeping finishes its transaction in its thread, a digest's child
-        process is terminated before it commits. Nothing is left half done;
-        the next leader picks up what was not.
+        housekeeping finishes its transaction in its thread, as does a digest
+        in the background process. Nothing is left half done; the next leader
+        picks up what was not.
         """
         self._stopping = True
         self._scheduler.shutdown(wait=False)

@@ -49,16 +49,16 @@ from bot.blocks import card_request_key
 from core import migrate, services
 from core.clock import Clock, SystemClock
 from core.db import make_engine
-from core.writer_process import WRITER_NICENESS
+from core.writer_process import PROCESS_NAME as WRITER_NAME
 from core.models import Event, Message, OutboxMessage, ReceivedMail, Request
 from core.settings import Settings
 from core.store import Store
-from cli.background import NICENESS as PROCESSOR_NICENESS
+from cli.background import PROCESS_NAME as BACKGROUND_NAME
 from tests import factories
 from tests.conftest import ADMIN_URL
 from tests.intake.gateway import message
 from tests.intake.serve_process import ServeProcess, close_quietly, free_port, problems, serve_env, wait_for_port
-from tests.proc_stats import cmdline, pss_kb, rss_kb, stat_fields
+from tests.proc_stats import comm, pss_kb, rss_kb, stat_fields
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.signing import (
     DEFAULT_SIGNING_SECRET,
@@ -595,29 +595,14 @@ def process_tree(root: int) -> dict[int, int]:
     return tree
 
 
-def _is_spawned_worker(pid: int) -> bool:
-    """A child started by multiprocessing's spawn (the mail processor, a digest child), not its resource tracker."""
-    return "spawn_main" in cmdline(pid)
-
-
-def _niced_child(parent: int, children: Sequence[int], niceness: int) -> int | None:
-    """The oldest of ``children`` running ``niceness`` steps below ``parent`` (how serve starts its helpers)."""
-    base = stat_fields(parent)
-    if base is None:
-        return None
-    wanted = min(19, int(base[16]) + niceness)  # field 19 of /proc/PID/stat: the nice value
-    found = {p: int(fields[19]) for p in children
-             if (fields := stat_fields(p)) is not None and int(fields[16]) == wanted}
-    return min(found, key=lambda p: found[p]) if found else None
-
-
 class PeakMemory(threading.Thread):
     """The peak memory (RSS) of each node's processes, by role, sampled from /proc every ``interval`` seconds;
     follows a node across restarts.
 
-    Roles: ``serve``; ``mail processor`` and ``writer`` (serve's spawned children niced by the processor's
-    and the writer process's niceness over serve's, alive as long as serve); ``other`` (the largest of the
-    rest: a digest child while the leader makes a digest, the resource tracker, parser workers); ``tree``
+    Roles: ``serve``; ``mail processor`` and ``writer`` (serve's children by the names they give
+    themselves: its background process, which files mail, delivers e-mail and makes the digests, and the
+    writer process, alive as long as serve); ``other`` (the largest of the rest: the resource tracker, parser
+    workers); ``tree``
     and ``tree pss``, the whole tree summed at one instant (RSS counts pages the processes share in each of
     them, PSS divides them).
     """
@@ -641,9 +626,8 @@ class PeakMemory(threading.Thread):
     def _sample(self, name: str, pid: int) -> None:
         tree = process_tree(pid)
         resident = {p: rss_kb(p) for p in tree}
-        spawned = [p for p, parent in tree.items() if parent == pid and _is_spawned_worker(p)]
-        processor = _niced_child(pid, spawned, PROCESSOR_NICENESS)
-        writer = _niced_child(pid, spawned, WRITER_NICENESS)
+        named = {comm(p): p for p, parent in tree.items() if parent == pid}
+        processor, writer = named.get(BACKGROUND_NAME), named.get(WRITER_NAME)
         others = [kb for p, kb in resident.items() if p not in (pid, processor, writer)]
         seen = {"serve": resident[pid], "mail processor": resident.get(processor, 0) if processor else 0,
                 "writer": resident.get(writer, 0) if writer else 0,

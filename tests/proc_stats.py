@@ -70,3 +70,12 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def comm(pid: int) -> str:
+    """The process's name as ``top`` and ``ps -o comm`` show it (serve's children set theirs); "" once gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""

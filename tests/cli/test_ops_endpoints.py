@@ -203,8 +203,8 @@ def test_metrics_health_and_json_log_of_a_serve_with_mail_and_slack_traffic(
     messages = [e["message"] for e in entries]
     assert (f"http listener: started (on 127.0.0.1:{http_port}: health at http://127.0.0.1:{http_port}/health, "
             f"metrics at http://127.0.0.1:{http_port}/metrics; Slack posts to /slack/events)") in messages
-    assert any(e["logger"] == "supportdesk.intake" and e["message"].startswith("mail processor stopped")
-               for e in entries), "the mail processor (a child process) logs JSON too"
+    assert any(e["logger"] == "supportdesk.intake" and e["message"].startswith("background process stopped")
+               for e in entries), "the background process (a child of serve) logs JSON too"
     assert "Slack refused the Home tab of UAGENT1: invalid_arguments" in messages
     for secret in (BODY_MARKER, AUTO_REPLY_MARKER, fake_slack.token, DEFAULT_SIGNING_SECRET, RELAY_PASSWORD,
                    DATABASE_PASSWORD):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def decoded_size(png: bytes) -> tuple[int, int]:
     parts = chunks(png)
     assert parts[0][0] == b"IHDR" and parts[-1] == (b"IEND", b"")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", parts[0][1])
-    channels = {2: 3, 6: 4}[colour]  # RGB or RGBA, which is what Agg writes
+    channels = {2: 3, 6: 4}[colour]  # RGB or RGBA
     assert (depth, interlace) == (8, 0)
     raw = zlib.decompress(b"".join(data for kind, data in parts if kind == b"IDAT"))
     assert len(raw) == height * (1 + width * channels)  # one filter byte per row
@@ -110,15 +111,24 @@ def test_dates_are_short_and_do_not_follow_the_locale() -> None:
     assert [short_date(date(2025, 11, 23)), short_date(date(2026, 1, 5))] == ["Nov 23", "Jan 5"]
 
 
-def test_matplotlib_is_imported_only_to_draw_and_pyplot_never() -> None:
+def test_pillow_is_imported_only_to_draw() -> None:
     code = (
         "import sys, datetime\n"
         "from notifications.chart import trend_chart\n"
-        "assert 'matplotlib' not in sys.modules, 'imported with the module'\n"
+        "assert 'PIL' not in sys.modules, 'imported with the module'\n"
         "trend_chart([datetime.date(2025, 1, 1)], [1], [0], [1], title='t')\n"
-        "assert 'matplotlib.figure' in sys.modules\n"
-        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+        "assert 'PIL.ImageDraw' in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 0, done.stderr
+
+
+def test_a_title_too_wide_for_the_picture_is_cut_short_not_drawn_off_its_edge() -> None:
+    from PIL import Image
+
+    widest = Image.open(io.BytesIO(chart(title="W" * 79))).convert("RGB")
+    title_band_right_edge = widest.crop((885, 0, 900, 36))
+
+    assert title_band_right_edge.getcolors() == [(15 * 36, (255, 255, 255))]  # white: nothing drawn there
+    assert widest.crop((0, 0, 440, 36)).getcolors(maxcolors=10_000) != [(440 * 36, (255, 255, 255))]
