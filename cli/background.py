@@ -134,19 +134,22 @@ class BackgroundProcess:
         async with self._one_digest_at_a_time:
             number = next(self._digest_numbers)
             self._digest_orders.send((number, due, now))
-            while True:
-                if self._digest_answers.poll():
-                    answered, outcome, value = self._digest_answers.recv()
-                    if answered != number:
-                        continue
-                    break
-                if not self.is_alive:
-                    outcome, value = "died", f"the background process ended ({self._process.exitcode})"
-                    break
-                await asyncio.sleep(DIGEST_POLL_SECONDS)
+            outcome, value = await self._answer_to(number)
         if outcome != "made":
             raise RuntimeError(f"making the {due.kind} digest {due.period} failed in the background process: {value}")
         return value if isinstance(value, int) else None
+
+    async def _answer_to(self, number: int) -> tuple[str, Any]:
+        """The answer to request ``number``, skipping older ones; ("died", why) if the process ended first."""
+        while True:
+            alive = self.is_alive  # read before the pipe: an answer written before the end is in it by then
+            while self._digest_answers.poll():
+                answered, outcome, value = self._digest_answers.recv()
+                if answered == number:
+                    return outcome, value
+            if not alive:
+                return "died", f"the background process ended ({self._process.exitcode})"
+            await asyncio.sleep(DIGEST_POLL_SECONDS)
 
     def check(self) -> None:
         """Restart the child if it died; called periodically by ``serve``."""

@@ -3,9 +3,10 @@
 It opens the store and brings its schema up to date, then starts each part
 that is configured and says, for each one that does not start, why not. It
 runs until SIGTERM or SIGINT. The SMTP listener and its commits share the
-event loop with the Slack app; filing accepted mail and delivering e-mail
-(CPU work) run in a background process the loop supervises
-(``cli.background``), so the listener keeps a core; with Slack, the changes
+event loop with the Slack app; filing accepted mail, delivering e-mail and
+making the digests (CPU work) run in a background process forked before the
+loop starts and supervised by it (``cli.background``), so the listener keeps
+a core; with Slack, the changes
 the Slack app asks for are made in a writer process (``core.facade``) for
 the same reason.
 The HTTP listener (``/health``, ``/metrics``, and ``/slack/events`` when
@@ -60,7 +61,8 @@ def plan_parts(settings: Settings) -> list[PartPlan]:
         PartPlan("store", True, safe_url(settings.database_url)),
         PartPlan("smtp listener", True,
                  f"on {settings.smtp_listen} for {', '.join(settings.support_addresses)}"),
-        PartPlan("mail processor", True, "files accepted mail and delivers e-mail in a separate process"),
+        PartPlan("mail processor", True, "files accepted mail, delivers e-mail and makes the digests in a "
+                                         "separate process"),
         slack,
         PartPlan("scheduler", True, scheduler_reason(settings, slack.start)),
         PartPlan("outbox delivery", True,

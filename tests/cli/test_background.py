@@ -1,4 +1,6 @@
-"""serve's background process files accepted mail and delivers e-mail, and comes back if it dies. Both databases.
+"""serve's background process files accepted mail, delivers e-mail, makes digests and comes back if it dies.
+
+Both databases.
 
 The real child process on the test database, woken the way serve wakes it;
 mail goes to a Maildir.
@@ -6,6 +8,7 @@ mail goes to a Maildir.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -18,16 +21,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from cli.background import NICENESS, BackgroundProcess
+from cli.background import NICENESS, PROCESS_NAME, BackgroundProcess
 from core.clock import SystemClock
 from core.db import make_engine
 from core.models import ReceivedMail
+from core.services.digests import find_digest
 from core.services.mail_intake import RawMail, accept_raw_mail
 from core.settings import Settings
 from core.store import Store
 from intake.processor import run_processor
+from notifications.digest_job import DueDigest, due_digests
 from tests.conftest import Database
-from tests.proc_stats import stat_fields
+from tests.proc_stats import cmdline, comm, stat_fields
 
 SUPPORT = "support@localhost"
 
@@ -102,6 +107,84 @@ def test_a_killed_background_process_is_started_again_and_files_what_came_meanwh
 
     assert background.restarts == 1 and second != first
     assert filed(wall) == ["processed"]
+
+
+def test_it_is_forked_while_its_parent_has_one_thread_and_spawned_when_restarted_among_threads(wall: Store) -> None:
+    background = BackgroundProcess(wall.settings)
+    background.start()
+    try:
+        until(lambda: comm(background.pid or 0) == PROCESS_NAME)
+        first, first_method = background.pid, background.start_method
+        assert first is not None
+        first_command = cmdline(first)
+        os.kill(first, signal.SIGKILL)
+        until(lambda: not background.is_alive)
+        busy = threading.Event()
+        other = threading.Thread(target=busy.wait)  # as in serve, where the event loop's threads run by now
+        other.start()
+        try:
+            background.check()
+        finally:
+            busy.set()
+            other.join()
+        until(lambda: comm(background.pid or 0) == PROCESS_NAME)
+        second_method, second_command = background.start_method, cmdline(background.pid or 0)
+        accept_raw_mail(wall, [mail(4)])
+        background.mail_committed()
+        until(lambda: len(sent_mail(wall)) == 1)
+    finally:
+        background.stop()
+
+    assert first_method == "fork" and "spawn_main" not in first_command  # a copy of this process
+    assert second_method == "spawn" and "spawn_main" in second_command  # a fresh interpreter
+    assert filed(wall) == ["processed"]
+
+
+def test_it_makes_a_digest_when_asked_once_and_answers_none_the_second_time(wall: Store) -> None:
+    settings = wall.settings
+    now = wall.clock.now()
+    daily, _ = due_digests(now, settings.tz, settings.digest_time)
+    background = BackgroundProcess(settings)
+    background.start()
+
+    async def twice() -> tuple[int | None, int | None]:
+        return await background.make_digest(wall, daily, now), await background.make_digest(wall, daily, now)
+
+    try:
+        made, again = asyncio.run(twice())
+    finally:
+        background.stop()
+
+    digest = find_digest(wall, "daily", daily.period)
+    assert digest is not None and made == digest.id and again is None
+    assert digest.chart_png.startswith(b"\x89PNG")
+
+
+def test_a_digest_that_fails_or_finds_the_process_dead_is_an_error_here_and_the_next_one_is_made(wall: Store) -> None:
+    settings = wall.settings
+    now = wall.clock.now()
+    today = DueDigest("daily", now.astimezone(settings.tz).date())  # not over yet
+    daily, _ = due_digests(now, settings.tz, settings.digest_time)
+    background = BackgroundProcess(settings)
+    background.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"making the daily digest .* failed in the background process: "
+                                               r"InvalidInput: the period .* has not ended yet"):
+            asyncio.run(background.make_digest(wall, today, now))
+        alive_after = background.is_alive
+        os.kill(background.pid or 0, signal.SIGKILL)
+        until(lambda: not background.is_alive)
+        with pytest.raises(RuntimeError, match="the background process ended"):
+            asyncio.run(background.make_digest(wall, today, now))
+        background.check()  # the new process finds that request in the pipe and answers it: nobody listens
+        made = asyncio.run(background.make_digest(wall, daily, now))
+    finally:
+        background.stop()
+
+    assert alive_after  # one failed digest does not take the process down
+    assert find_digest(wall, "daily", today.period) is None
+    digest = find_digest(wall, "daily", daily.period)
+    assert digest is not None and made == digest.id
 
 
 def test_filing_says_when_it_has_caught_up_once_per_burst_and_not_when_idle(wall: Store) -> None:

@@ -1,9 +1,13 @@
-"""`supportdesk serve`: migrates the store, says what started and why the rest did not, stops on SIGTERM."""
+"""`supportdesk serve`: migrates the store, says what started and why the rest did not, stops on SIGTERM.
+
+And its background process: forked at start-up, making the digests, spawned again if it dies.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -14,8 +18,11 @@ import pytest
 from core import migrate
 from core.db import make_engine
 from core.settings import load_settings
+from cli.background import PROCESS_NAME as BACKGROUND
 from cli.serve import plan_parts
-from tests.intake.serve_process import free_port
+from tests.conftest import Database
+from tests.intake.serve_process import ServeProcess, free_port, serve_env
+from tests.proc_stats import children_of, cmdline, comm
 
 
 def test_plan_names_every_part_and_why() -> None:
@@ -91,3 +98,43 @@ def test_serve_migrates_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{db}")
     assert migrate.current_revision(engine) == migrate.head_revision()
     engine.dispose()
+
+
+def until(condition: object, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+def test_the_background_process_is_a_fork_of_serve_makes_the_digests_and_is_spawned_again_if_killed(
+        database: Database, tmp_path: Path) -> None:
+    port = free_port()
+    serve = ServeProcess(serve_env(database.url, port, tmp_path), tmp_path, port, tmp_path / "serve.log")
+    serve.start()
+    assert serve.process is not None
+    pid = serve.process.pid
+    try:
+        until(lambda: "weekly digest" in serve.log() and "made and queued" in serve.log(), "the digests are made")
+        at_start = {child: (comm(child), cmdline(child)) for child in children_of(pid)}
+        serve_command = cmdline(pid)
+        assert len(at_start) == 1, at_start
+        (first,) = at_start
+        os.kill(first, signal.SIGKILL)
+        until(lambda: [c for c in children_of(pid) if c != first and comm(c) == BACKGROUND], "it is back")
+        (second,) = [c for c in children_of(pid) if comm(c) == BACKGROUND]
+        second_command = cmdline(second)
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("customer@example.test", ["support@localhost"],
+                            b"From: customer@example.test\r\nTo: support@localhost\r\nSubject: Still there?\r\n"
+                            b"Message-ID: <still-there@example.test>\r\n\r\nHello.\r\n")
+        acknowledged = tmp_path / "outgoing-mail" / "new"
+        until(lambda: acknowledged.exists() and any(acknowledged.iterdir()), "the mail is acknowledged")
+    finally:
+        code = serve.terminate()
+
+    assert code == 0, serve.log()
+    # Alone at start-up (no resource tracker, no digest child), with serve's own command line: a fork.
+    assert at_start == {first: (BACKGROUND, serve_command)} and "cli.main serve" in serve_command
+    assert "spawn_main" in second_command  # restarted while serve runs threads: a fresh interpreter
+    assert "background process exited with -9; restarting it" in serve.log()
