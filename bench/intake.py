@@ -392,13 +392,15 @@ def cpu_ticks(pid: int) -> int:
 CHILD_NAMES = {"sd-background": "background process", "sd-writer": "writer"}
 
 
-def child_label(pid: int) -> str:
+def child_label(pid: int, parent: int | None = None) -> str:
     line = cmdline(pid)
     if "resource_tracker" in line:
         return "resource tracker"
     name = comm(pid)
     if name in CHILD_NAMES:
         return CHILD_NAMES[name]
+    if parent is not None and line and line == cmdline(parent):
+        return "background process"  # serve's one fork, in the instant before it names itself
     return "unnamed child" if "spawn_main" in line else (line.split() or ["?"])[0].rsplit("/", 1)[-1]
 
 
@@ -461,7 +463,7 @@ class MemorySampler(threading.Thread):
             return
         self._note(name, "main", status_kb(root, "VmHWM"))
         for kid in kids:
-            self._note(name, child_label(kid), status_kb(kid, "VmHWM"))
+            self._note(name, child_label(kid, root), status_kb(kid, "VmHWM"))
 
     def _note(self, name: str, role: str, kb: int) -> None:
         roles = self.peak.setdefault(name, {})
@@ -483,7 +485,7 @@ class MemorySampler(threading.Thread):
                 self._note(name, "main", rss)
                 for kid in self.children(name):
                     kid_rss = status_kb(kid, "VmRSS")
-                    self._note(name, child_label(kid), kid_rss)
+                    self._note(name, child_label(kid, root), kid_rss)
                     total += kid_rss
                     pss += pss_kb(kid)
                 self._note(name, "tree", total)
@@ -675,7 +677,7 @@ class Target:
             return {}
         roles = {"listener": cpu_ticks(self.process.pid) / CLK_TCK}
         for kid in sampler.children(self.name):
-            role = "processor" if child_label(kid) == "background process" else "other child"
+            role = "processor" if child_label(kid, self.process.pid) == "background process" else "other child"
             roles[role] = roles.get(role, 0.0) + cpu_ticks(kid) / CLK_TCK
         if self.db is not None and isinstance(self.db, PostgresDatabase):
             roles["postgres"] = sum(cpu_ticks(pid) for pid in self.db.backend_pids()) / CLK_TCK
@@ -702,7 +704,7 @@ class Target:
             deadline = time.monotonic() + 5
             while _alive(kid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(kid) and "multiprocessing" in cmdline(kid):
+            if _alive(kid) and any(mark in cmdline(kid) for mark in ("multiprocessing", "cli.main")):  # still ours
                 self.exit_note += f" ({child_label(kid)} {kid} outlived serve; killed)"
                 os.kill(kid, signal.SIGKILL)
         self.process = None

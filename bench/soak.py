@@ -23,8 +23,9 @@ messages sent, accepted (250), stored, lost, duplicated; clicks sent and
 answered and whether each took effect once; p50/p99 of the SMTP reply
 (DATA to the final reply) and of the click acknowledgment; the peak memory
 of each node from /proc every 0.5 s: serve, its mail processor, its writer
-process, its largest other child (the leader's digest child, a few seconds
-a day) and the whole tree summed at one instant (RSS, and PSS); what is left
+process, its largest other child (the resource tracker, or a spawned child
+in the moment before it names itself) and the whole tree summed at one
+instant (RSS, and PSS); what is left
 in the outbox.
 It exits 1 if anything acknowledged was lost, or anything was stored, took
 effect, was mailed or was left on Slack twice.
@@ -382,9 +383,8 @@ def print_report(r: dict[str, Any]) -> bool:
     print("Peak memory per node (MB, RSS; sampled every 0.5 s)")
     for name, m in sorted(r["memory_mb"].items()):
         print(f"  node {name}: serve {m['serve']:.0f}, mail processor {m['mail processor']:.0f}, writer process "
-              f"{m['writer']:.0f}, largest other child {m['other']:.0f} (a digest child while the leader makes a "
-              f"digest); the whole tree at one "
-              f"instant {m['tree']:.0f} (PSS {m['tree pss']:.0f})")
+              f"{m['writer']:.0f}, largest other child {m['other']:.0f} (the resource tracker, or a child not "
+              f"yet named); the whole tree at one instant {m['tree']:.0f} (PSS {m['tree pss']:.0f})")
     sent_twice = r["outbound_mail"]["sent_twice"] + r["slack"]["requests_with_two_cards"]
     lost_or_doubled = mail["lost"] + mail["duplicated"] + clicks["claims_doubled"] + len(clicks["problems"]) \
         + len(r["duplicate_events"]) + sent_twice

@@ -58,7 +58,7 @@ from tests import factories
 from tests.conftest import ADMIN_URL
 from tests.intake.gateway import message
 from tests.intake.serve_process import ServeProcess, close_quietly, free_port, problems, serve_env, wait_for_port
-from tests.proc_stats import comm, pss_kb, rss_kb, stat_fields
+from tests.proc_stats import cmdline, comm, pss_kb, rss_kb, stat_fields
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.signing import (
     DEFAULT_SIGNING_SECRET,
@@ -628,6 +628,8 @@ class PeakMemory(threading.Thread):
         resident = {p: rss_kb(p) for p in tree}
         named = {comm(p): p for p, parent in tree.items() if parent == pid}
         processor, writer = named.get(BACKGROUND_NAME), named.get(WRITER_NAME)
+        if processor is None:  # serve's fork in the moment before it names itself: serve's command line
+            processor = next((p for p, parent in tree.items() if parent == pid and cmdline(p) == cmdline(pid)), None)
         others = [kb for p, kb in resident.items() if p not in (pid, processor, writer)]
         seen = {"serve": resident[pid], "mail processor": resident.get(processor, 0) if processor else 0,
                 "writer": resident.get(writer, 0) if writer else 0,
