@@ -3,8 +3,8 @@
 serve's children start either as a copy of serve (forked) or as ``python
 -c "from multiprocessing.spawn import ..."``; without a name of their own an
 operator (and the benchmarks' memory figures) cannot tell the background
-process from serve or from the writer. Linux keeps a 15-character name per thread; the main thread's
-is the process's.
+process from serve or from the writer. Linux keeps a 15-character name per
+thread; the main thread's is the process's.
 """
 
 from __future__ import annotations

@@ -184,8 +184,8 @@ def process_pending(
     each batch's results as soon as it is filed (a progress bar).
     """
     results: list[FilingResult] = []
-    for batch, readings in _read_ahead(_pending_batches(store, limit, batch_size, batch_bytes), store.settings, readers,
-                                       read_ahead):
+    batches = _pending_batches(store, limit, batch_size, batch_bytes)
+    for batch, readings in _read_ahead(batches, store.settings, readers, read_ahead):
         filed = file_batch(store, batch, readings)
         results.extend(filed)
         if on_batch is not None:

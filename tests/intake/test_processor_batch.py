@@ -226,6 +226,21 @@ def test_a_limit_and_batches_file_the_oldest_first(store: Store) -> None:
     assert pending_inbound_ids(store) == ids[3:]
 
 
+def test_a_batch_also_ends_at_about_its_bytes_but_never_holds_less_than_one_message(store: Store) -> None:
+    f.seed(store)
+    sizes = [10_000, 10_000, 10_000, 60_000, 1_000]
+    ids = store_raw(store, *[(mail(n, f"user{n}@acme.test", **{"X-Padding": "x" * size}), None)
+                             for n, size in enumerate(sizes)])
+    seen: list[int] = []
+    results = process_pending(store, limit=10, batch_size=50, batch_bytes=25_000,
+                              on_batch=lambda filed: seen.append(len(filed)))
+
+    assert [r.inbound_id for r in results] == ids
+    # two of 10 KB (a third would pass 25 KB); the third alone (the 60 KB one would pass it); the 60 KB one
+    # alone, larger than a batch as it is; the last.
+    assert seen == [2, 1, 1, 1]
+
+
 @contextmanager
 def writers_locked_out(database: Database, clock: FixedClock) -> Iterator[Store]:
     """A store whose writes fail because another connection holds the raw mail's write lock; reads still work.
