@@ -104,7 +104,7 @@ class BackgroundProcess:
         context = multiprocessing.get_context(self.start_method)
         self._process = context.Process(
             target=_child_main,
-            args=(self._settings, self._filing.reader, self._delivery.reader, self._delivery.writer,
+            args=(self._settings, os.getpid(), self._filing.reader, self._delivery.reader, self._delivery.writer,
                   self._digest_requests, self._digest_replies),
             name="supportdesk-background", daemon=True,
         )
@@ -129,26 +129,33 @@ class BackgroundProcess:
         Cancelled, the request stands: the process finishes the digest in
         one transaction, and a digest is never made twice.
         """
+        if self._process is None:
+            raise RuntimeError("the background process has not been started")
         if self._one_digest_at_a_time is None:
             self._one_digest_at_a_time = asyncio.Lock()
         async with self._one_digest_at_a_time:
             number = next(self._digest_numbers)
             self._digest_orders.send((number, due, now))
-            outcome, value = await self._answer_to(number)
+            outcome, value = await self._answer_to(number, self._process)
         if outcome != "made":
             raise RuntimeError(f"making the {due.kind} digest {due.period} failed in the background process: {value}")
         return value if isinstance(value, int) else None
 
-    async def _answer_to(self, number: int) -> tuple[str, Any]:
-        """The answer to request ``number``, skipping older ones; ("died", why) if the process ended first."""
+    async def _answer_to(self, number: int, asked: Any) -> tuple[str, Any]:
+        """The answer to request ``number``, skipping older ones; ("died", why) if the process ``asked`` ended first.
+
+        ``asked`` is the process running when the request was sent: one
+        started since to replace it may never have seen the request.
+        """
         while True:
-            alive = self.is_alive  # read before the pipe: an answer written before the end is in it by then
+            # Read before the pipe: an answer written before the end is in it by then.
+            alive = asked is self._process and asked.is_alive()
             while self._digest_answers.poll():
                 answered, outcome, value = self._digest_answers.recv()
                 if answered == number:
                     return outcome, value
             if not alive:
-                return "died", f"the background process ended ({self._process.exitcode})"
+                return "died", f"the background process ended ({asked.exitcode})"
             await asyncio.sleep(DIGEST_POLL_SECONDS)
 
     def check(self) -> None:
@@ -213,8 +220,12 @@ def _ring(writer: Connection) -> None:
         pass
 
 
-def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Connection, delivery_bell: Connection,
-                digest_requests: Connection, digest_replies: Connection) -> None:
+def _child_main(settings: Settings, parent: int, filing_wake: Connection, delivery_wake: Connection,
+                delivery_bell: Connection, digest_requests: Connection, digest_replies: Connection) -> None:
+    """``parent`` is serve's pid, passed rather than read: a serve that died already is no parent of ours."""
+    stop = _SignalledStop()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; serve decides
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Imported here, not by serve: parsing, HTML to text and delivery cost serve some 7 MB it never uses.
     from intake.processor import run_processor
     from notifications.email_delivery import run_email_delivery
@@ -224,11 +235,7 @@ def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Conn
     return_memory_promptly()  # forked, serve's settings are kept; spawned, these are they
     name_this_process(PROCESS_NAME)
     configure_logging(logging.INFO, settings.log_format)  # forked, serve's set-up is kept; spawned, this is it
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     os.nice(NICENESS)
-    parent = os.getppid()
     started = time.monotonic()
     store = Store.open(settings)
     # Set once filing has ended: because serve said stop (the ring makes that prompt), because serve
@@ -254,6 +261,31 @@ def _child_main(settings: Settings, filing_wake: Connection, delivery_wake: Conn
             helper.join()
         store.dispose()
     log.info("background process stopped after %.0f s", time.monotonic() - started)
+
+
+class _SignalledStop:
+    """Set by the SIGTERM handler; read by filing.
+
+    Not a ``threading.Event``: the handler runs in the main thread between
+    two of its bytecodes, possibly while that thread holds the Event's own
+    lock (in ``wait``), and ``set`` would then wait for it forever. Setting
+    an attribute takes no lock.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._set and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, DIGEST_MAKER_LOOKS_FOR_STOP))
+        return self._set
 
 
 def _make_digests(store: Store, requests: Connection, replies: Connection, finished: threading.Event) -> None:

@@ -176,8 +176,13 @@ def serve(settings: Settings) -> int:
     # (a job that missed its time) and errors still show. Our jobs log what they did themselves.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return_memory_promptly()  # before any thread: serve and the background process it forks
+    # Until the event loop's own handler takes over, SIGTERM stops serve through the clean-up below rather
+    # than killing it outright and leaving the children forked meanwhile to find out by themselves.
+    signal.signal(signal.SIGTERM, _stop_while_starting)
     store = Store.open(settings)
     background = BackgroundProcess(settings)
+    # Only the Slack app makes changes through the façade; with it, they run in a writer process of their own.
+    core = AsyncCore(store, writer_process=slack_plan(settings).start)
     try:
         migrate.upgrade(store.engine)
         store.ping()
@@ -186,34 +191,46 @@ def serve(settings: Settings) -> int:
                 log.info("%s: started (%s)", part.name, part.reason)
             else:
                 log.info("%s: not started (%s)", part.name, part.reason)
-        _start_background(store, background)
-        asyncio.run(_run(store, background))
+        _start_children(store, background, core)
+        asyncio.run(_run(store, background, core))
+    except StoppedWhileStarting:
+        log.info("SIGTERM while starting: stopping")
     finally:
-        background.stop()  # done already unless the loop ended early
+        background.stop()  # both done already unless the loop ended early
+        core.close()
         store.dispose()
     log.info("stopped")
     return 0
 
 
-def _start_background(store: Store, background: BackgroundProcess) -> None:
-    """Fork the background process now, while serve has one thread and no connection open.
+class StoppedWhileStarting(BaseException):
+    """SIGTERM came before the event loop's handler was in place (a BaseException: nothing may swallow it)."""
 
-    The child opens a store of its own; a connection it inherited would be
-    one socket used by two processes. Objects alive now are frozen out of
-    the garbage collector's scans, in serve and in the child, so neither
-    writes to the pages they share merely by collecting (``cli.background``).
+
+def _stop_while_starting(signum: int, frame: object) -> None:
+    raise StoppedWhileStarting
+
+
+def _start_children(store: Store, background: BackgroundProcess, core: AsyncCore) -> None:
+    """Fork the background process, and the writer process if Slack runs, while serve has one thread.
+
+    No connection is open either: each child opens a store of its own, and a
+    connection it inherited would be one socket used by two processes.
+    Objects alive now are frozen out of the garbage collector's scans, in
+    serve and in the children, so none of them writes to the pages they
+    share merely by collecting (``cli.background``). The background process
+    comes first: it must not hold copies of the writer's pipes, whose end of
+    file tells each side that the other is gone.
     """
     store.engine.dispose()
     gc.collect()
     gc.freeze()
     background.start()
+    core.start()
 
 
-async def _run(store: Store, background: BackgroundProcess) -> None:
+async def _run(store: Store, background: BackgroundProcess, core: AsyncCore) -> None:
     settings = store.settings
-    # Only the Slack app makes changes through the façade; with it, they run in a writer process of their own.
-    core = AsyncCore(store, writer_process=slack_plan(settings).start)
-    await asyncio.to_thread(core.start)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -52,5 +52,6 @@ def return_memory_promptly() -> bool:
         log.debug("not glibc: the allocator keeps its defaults")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(parameter, value) == 1 for parameter, value in (
-        (M_MMAP_THRESHOLD, LARGE_BLOCK), (M_TRIM_THRESHOLD, LARGE_BLOCK), (M_ARENA_MAX, ARENAS)))
+    taken = [mallopt(parameter, value) == 1 for parameter, value in (
+        (M_MMAP_THRESHOLD, LARGE_BLOCK), (M_TRIM_THRESHOLD, LARGE_BLOCK), (M_ARENA_MAX, ARENAS))]
+    return all(taken)

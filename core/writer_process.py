@@ -33,6 +33,7 @@ fails with :class:`ChangeUncertain`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -48,6 +49,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, TypeVar
 
+from core.allocator import return_memory_promptly
 from core.errors import ChangeUncertain, StoreUnavailable
 from core.log_format import configure_logging
 from core.process_name import name_this_process
@@ -86,7 +88,11 @@ class _Call:
 
 
 class WriterProcess:
-    """One spawned process making service calls in the order they were made, replaced when it dies.
+    """One process making service calls in the order they were made, replaced when it dies.
+
+    Forked when the process that starts it has a single thread (``serve``
+    starts it before its event loop, right after the background process:
+    see :mod:`cli.background` for why), spawned otherwise (a replacement).
 
     :meth:`call` runs on the event loop. :meth:`start` blocks, in any
     thread; :meth:`close` blocks, on the loop's thread or once the loop has
@@ -181,7 +187,7 @@ class WriterProcess:
             if self._child is None or self._child.gone:
                 if self._child is not None:
                     self._child.reap()
-                self._child = _Child.spawn(self._settings, self._hold)
+                self._child = _Child.start(self._settings, self._hold)
                 log.info("writer process %s started", self._child.pid)
             return self._child
 
@@ -207,12 +213,16 @@ class _Child:
         self._watching = False  # whether the loop watches the request pipe for room
 
     @classmethod
-    def spawn(cls, settings: Settings,
+    def start(cls, settings: Settings,
               unreached: Callable[[list[_Call], asyncio.AbstractEventLoop | None], None]) -> _Child:
-        context = multiprocessing.get_context("spawn")
+        forked = threading.active_count() == 1
+        context = multiprocessing.get_context("fork" if forked else "spawn")
         request_reader, request_writer = context.Pipe(duplex=False)
         answer_reader, answer_writer = context.Pipe(duplex=False)
-        process = context.Process(target=_writer_main, args=(settings, request_reader, answer_writer),
+        # A forked child holds copies of our ends too: it closes them, or it would never read end of file.
+        ours = (request_writer, answer_reader) if forked else ()
+        process = context.Process(target=_writer_main,
+                                  args=(settings, os.getpid(), request_reader, answer_writer, ours),
                                   name="supportdesk-writer", daemon=True)
         try:
             try:
@@ -439,15 +449,25 @@ def _frames(buffer: bytearray) -> list[bytes]:
 # --- in the writer process --------------------------------------------------------------------------------
 
 
-def _writer_main(settings: Settings, requests: Connection, answers: Connection) -> None:
-    """Open a store, say so with the pid, then make each call asked for until serve closes its end."""
-    name_this_process(PROCESS_NAME)
+def _writer_main(settings: Settings, parent: int, requests: Connection, answers: Connection,
+                 serves_ends: tuple[Connection, ...]) -> None:
+    """Open a store, say so with the pid, then make each call asked for until serve closes its end.
+
+    ``parent`` is serve's pid, passed rather than read: a serve that died
+    already is no parent of ours. ``serves_ends``: serve's ends of the two
+    pipes, which a forked process holds copies of and closes.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; serve stops us
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for end in serves_ends:
+        end.close()
+    gc.freeze()  # forked: keep the collector's hands off the pages shared with serve
+    return_memory_promptly()  # forked, serve's settings are kept; spawned, these are they
+    name_this_process(PROCESS_NAME)
     os.nice(WRITER_NICENESS)
-    configure_logging(logging.INFO, settings.log_format)  # a spawned process: serve's log set-up is not inherited
+    configure_logging(logging.INFO, settings.log_format)  # forked, serve's set-up is kept; spawned, this is it
     store = Store.open(settings)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="writer-parent-watch", daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="writer-parent-watch", daemon=True).start()
     answers.send_bytes(str(os.getpid()).encode())
     try:
         while True:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import multiprocessing.synchronize
 import os
 import threading
 import time
@@ -33,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Union
+from typing import Protocol, Union
 
 from core.errors import StoreUnavailable
 from core.services.correspondence import InboundMail, NewAttachment
@@ -375,7 +374,14 @@ MAX_SETTLE = 2.0
 # sessions find the lock free about two thirds of the time while filing
 # still moves on. PostgreSQL has no such lock and needs no pause.
 SQLITE_YIELD = 2.0
-StopFlag = Union[threading.Event, multiprocessing.synchronize.Event]
+
+
+class StopFlag(Protocol):
+    """What filing needs of its stop signal: a ``threading.Event`` has it, and so has serve's signalled flag."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 
 def run_processor(store: Store, wake: Connection, stop: StopFlag, parent: int,

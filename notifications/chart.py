@@ -70,6 +70,8 @@ def trend_chart(
         raise ValueError(f"trend_chart needs one value per day in every series; got {found}")
     if not days:
         raise ValueError("trend_chart needs at least one day; got empty sequences")
+    if min(*opened, *resolved, *backlog) < 0:
+        raise ValueError("trend_chart draws counts, which are never negative; got a negative value")
 
     if len(title) > MAX_TITLE:  # one line at the title's size fits about 85 characters at 900 px
         title = title[: MAX_TITLE - 1].rstrip() + "\u2026"
@@ -179,14 +181,23 @@ def _y_axis(image: Any, draw: Any, plot: _Plot, scale: _Scale, label: str, colou
         y = round(plot.y(value, scale.top))
         if side == "left":
             draw.line((plot.left, y, plot.right, y), fill=GRID_COLOUR, width=_px(0.8))
-            draw.text((edge - _px(6), y), str(value), fill=colour, font=font, anchor="rm")
+            draw.text((edge - _px(6), y), _count(value, scale.top), fill=colour, font=font, anchor="rm")
         else:
-            draw.text((edge + _px(6), y), str(value), fill=colour, font=font, anchor="lm")
+            draw.text((edge + _px(6), y), _count(value, scale.top), fill=colour, font=font, anchor="lm")
         draw.line((edge - _px(3) if side == "left" else edge, y, edge if side == "left" else edge + _px(3), y),
                   fill=colour, width=_px(1))
     draw.line((edge, plot.top, edge, plot.bottom), fill=colour, width=_px(1))
     _vertical_text(image, label, colour, x=_px(8) if side == "left" else image.width - _px(8),
                    y=(plot.top + plot.bottom) // 2, side=side)
+
+
+def _count(value: int, top: int) -> str:
+    """A label short enough for its margin, in the unit of the axis' ``top``: 9500; 2k to 12k; 0.5M to 1.5M."""
+    if top < 10_000:
+        return str(value)
+    if top < 1_000_000:
+        return f"{value / 1000:g}k" if value else "0"
+    return f"{value / 1_000_000:g}M" if value else "0"
 
 
 def _vertical_text(image: Any, text: str, colour: str, *, x: int, y: int, side: str) -> None:

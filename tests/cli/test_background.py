@@ -12,12 +12,17 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from email import message_from_bytes
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -70,6 +75,18 @@ def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+@contextmanager
+def another_thread_running() -> Iterator[None]:
+    busy = threading.Event()
+    other = threading.Thread(target=busy.wait)
+    other.start()
+    try:
+        yield
+    finally:
+        busy.set()
+        other.join()
+
+
 def test_it_files_committed_mail_sends_the_acknowledgments_and_stops_when_told(wall: Store) -> None:
     background = BackgroundProcess(wall.settings)
     background.start()
@@ -119,14 +136,8 @@ def test_it_is_forked_while_its_parent_has_one_thread_and_spawned_when_restarted
         first_command = cmdline(first)
         os.kill(first, signal.SIGKILL)
         until(lambda: not background.is_alive)
-        busy = threading.Event()
-        other = threading.Thread(target=busy.wait)  # as in serve, where the event loop's threads run by now
-        other.start()
-        try:
+        with another_thread_running():  # as in serve, where the event loop's threads run by now
             background.check()
-        finally:
-            busy.set()
-            other.join()
         until(lambda: comm(background.pid or 0) == PROCESS_NAME)
         second_method, second_command = background.start_method, cmdline(background.pid or 0)
         accept_raw_mail(wall, [mail(4)])
@@ -176,15 +187,93 @@ def test_a_digest_that_fails_or_finds_the_process_dead_is_an_error_here_and_the_
         until(lambda: not background.is_alive)
         with pytest.raises(RuntimeError, match="the background process ended"):
             asyncio.run(background.make_digest(wall, today, now))
-        background.check()  # the new process finds that request in the pipe and answers it: nobody listens
+        with another_thread_running():  # so the new process is spawned, as in serve: its digests work too
+            background.check()  # it finds that request in the pipe and answers it: nobody listens
+        until(lambda: comm(background.pid or 0) == PROCESS_NAME)
+        spawned = background.start_method == "spawn" and "spawn_main" in cmdline(background.pid or 0)
         made = asyncio.run(background.make_digest(wall, daily, now))
     finally:
         background.stop()
 
     assert alive_after  # one failed digest does not take the process down
+    assert spawned
     assert find_digest(wall, "daily", today.period) is None
     digest = find_digest(wall, "daily", daily.period)
     assert digest is not None and made == digest.id
+
+
+def test_a_digest_whose_process_died_with_it_in_hand_is_an_error_even_after_a_new_process_started(
+        wall: Store) -> None:
+    """The process reads the request, waits for the digests' write lock, and is killed; check() replaces it at
+    once. The new process never saw the request: waiting for its answer would wait for ever."""
+    settings = wall.settings
+    now = wall.clock.now()
+    daily, _ = due_digests(now, settings.tz, settings.digest_time)
+    background = BackgroundProcess(settings)
+    background.start()
+
+    async def killed_in_hand() -> BaseException | int | None:
+        asking = asyncio.create_task(background.make_digest(wall, daily, now))
+        await asyncio.sleep(1.5)  # the request is read, the figures are read, the INSERT waits for the lock
+        os.kill(background.pid or 0, signal.SIGKILL)
+        until(lambda: not background.is_alive)
+        background.check()
+        try:
+            return await asyncio.wait_for(asking, 20)
+        except (RuntimeError, asyncio.TimeoutError) as exc:
+            return exc
+
+    release = _hold_digests_write_lock(wall)
+    try:
+        outcome = asyncio.run(killed_in_hand())
+    finally:
+        release()
+        background.stop()
+
+    assert isinstance(outcome, RuntimeError) and "the background process ended" in str(outcome), outcome
+
+
+def _hold_digests_write_lock(store: Store) -> Callable[[], None]:
+    """Another writer holds what recording a digest needs; reads go on. Returns what releases it."""
+    if store.is_sqlite:
+        locker = sqlite3.connect(store.engine.url.database, isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN IMMEDIATE")
+
+        def release() -> None:
+            locker.execute("ROLLBACK")
+            locker.close()
+
+        return release
+    holder = psycopg.connect(store.engine.url.set(drivername="postgresql").render_as_string(False))
+    holder.execute("LOCK TABLE digests IN EXCLUSIVE MODE")
+
+    def release_pg() -> None:
+        holder.rollback()
+        holder.close()
+
+    return release_pg
+
+
+def test_a_background_process_whose_parent_died_at_once_does_not_stay(wall: Store) -> None:
+    """Its parent starts it and exits before the child has even imported what it runs: the child ends too."""
+    code = (
+        "import os, sys\n"
+        "from cli.background import BackgroundProcess\n"
+        "from core.settings import Settings\n"
+        f"background = BackgroundProcess(Settings(database_url={wall.settings.database_url!r}))\n"
+        "background.start()\n"
+        "print(background.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    child = int(done.stdout)
+
+    try:
+        until(lambda: stat_fields(child) is None or stat_fields(child)[0] == "Z", timeout=20)  # type: ignore[index]
+    finally:
+        if stat_fields(child) is not None and comm(child) == PROCESS_NAME:
+            os.kill(child, signal.SIGKILL)  # the test failed: leave nothing behind
 
 
 def test_filing_says_when_it_has_caught_up_once_per_burst_and_not_when_idle(wall: Store) -> None:

@@ -138,3 +138,41 @@ def test_the_background_process_is_a_fork_of_serve_makes_the_digests_and_is_spaw
     assert at_start == {first: (BACKGROUND, serve_command)} and "cli.main serve" in serve_command
     assert "spawn_main" in second_command  # restarted while serve runs threads: a fresh interpreter
     assert "background process exited with -9; restarting it" in serve.log()
+
+
+def processes_with(marker: bytes) -> list[int]:
+    """Every process whose environment holds ``marker`` (a serve of this test and anything it forked)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if marker in environ.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_sigterm_while_serve_starts_stops_it_and_what_it_forked_cleanly(tmp_path: Path) -> None:
+    """SIGTERM as soon as serve says what it starts: before or just after its children are forked, and before
+    its event loop handles the signal. serve stops with 0 and leaves no process behind."""
+    port = free_port()
+    env = {**os.environ, "SUPPORTDESK_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "PYTHONUNBUFFERED": "1",
+           "SUPPORTDESK_SMTP_LISTEN": f"127.0.0.1:{port}", "SUPPORTDESK_HTTP_LISTEN": f"127.0.0.1:{free_port()}"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "mail processor: started" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=60)
+    log = "".join(lines) + rest
+    marker = f"SUPPORTDESK_SMTP_LISTEN=127.0.0.1:{port}\0".encode()
+    until(lambda: not processes_with(marker), "the children it forked are gone", timeout=15)
+
+    assert proc.returncode == 0, log
+    assert "Traceback" not in log, log

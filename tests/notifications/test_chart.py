@@ -100,6 +100,7 @@ def test_a_worker_thread_draws_the_same_bytes() -> None:
         (dict(opened=OPENED[:-1]), "days=14, opened=13, resolved=14, backlog=14"),
         (dict(backlog=BACKLOG + [1]), "backlog=15"),
         (dict(days=[], opened=[], resolved=[], backlog=[]), "at least one day"),
+        (dict(resolved=[-1] + RESOLVED[1:]), "never negative"),
     ],
 )
 def test_bad_input_is_a_value_error_that_says_what_is_wrong(overrides: dict[str, object], message: str) -> None:
@@ -132,3 +133,16 @@ def test_a_title_too_wide_for_the_picture_is_cut_short_not_drawn_off_its_edge() 
 
     assert title_band_right_edge.getcolors() == [(15 * 36, (255, 255, 255))]  # white: nothing drawn there
     assert widest.crop((0, 0, 440, 36)).getcolors(maxcolors=10_000) != [(440 * 36, (255, 255, 255))]
+
+
+@pytest.mark.parametrize("scale", [10_000, 1_000_000, 100_000_000],
+                         ids=["ten-thousands", "millions", "hundreds-of-millions"])
+def test_large_counts_are_labelled_short_enough_to_stay_inside_the_picture(scale: int) -> None:
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(chart(opened=[n * scale for n in OPENED], resolved=[n * scale for n in RESOLVED],
+                                          backlog=[n * scale * 10 for n in BACKLOG]))).convert("RGB")
+    white = [(4 * 330, (255, 255, 255))]
+
+    assert picture.crop((0, 50, 4, 380)).getcolors() == white  # the left edge, beside the left axis' labels
+    assert picture.crop((896, 50, 900, 380)).getcolors() == white  # the right edge, beside the backlog's
