@@ -529,7 +529,9 @@ def _deliver(make_protocol: Callable[[], asyncio.Protocol], payloads: list[bytes
             assert reply()[:3] == b"221"
             assert reader.read() == b""  # the server closed the session: its task has ended
     finally:
-        server.close()
+        # In the loop's thread, as asyncio requires: closed from here, it raced the session's end there
+        # (both saw the server idle and woke its waiters; the second found none: TypeError).
+        loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
