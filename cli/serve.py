@@ -176,9 +176,9 @@ def serve(settings: Settings) -> int:
     # (a job that missed its time) and errors still show. Our jobs log what they did themselves.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return_memory_promptly()  # before any thread: serve and the background process it forks
-    # Until the event loop's own handler takes over, SIGTERM stops serve through the clean-up below rather
-    # than killing it outright and leaving the children forked meanwhile to find out by themselves.
-    signal.signal(signal.SIGTERM, _stop_while_starting)
+    early = _EarlyStop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, early.note)
     store = Store.open(settings)
     background = BackgroundProcess(settings)
     # Only the Slack app makes changes through the façade; with it, they run in a writer process of their own.
@@ -192,9 +192,7 @@ def serve(settings: Settings) -> int:
             else:
                 log.info("%s: not started (%s)", part.name, part.reason)
         _start_children(store, background, core)
-        asyncio.run(_run(store, background, core))
-    except StoppedWhileStarting:
-        log.info("SIGTERM while starting: stopping")
+        asyncio.run(_run(store, background, core, early))
     finally:
         background.stop()  # both done already unless the loop ended early
         core.close()
@@ -203,12 +201,21 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-class StoppedWhileStarting(BaseException):
-    """SIGTERM came before the event loop's handler was in place (a BaseException: nothing may swallow it)."""
+class _EarlyStop:
+    """SIGTERM or SIGINT before the event loop handles them: noted, and obeyed once the loop runs.
 
+    Left to their defaults, SIGTERM would kill serve outright, leaving the
+    children it forked meanwhile to notice on their own, and SIGINT would
+    raise KeyboardInterrupt wherever serve happened to be, inside a library's
+    clean-up as well. Start-up is short (a migration, two forks); then the
+    loop stops everything in order, as it does for a signal that comes later.
+    """
 
-def _stop_while_starting(signum: int, frame: object) -> None:
-    raise StoppedWhileStarting
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def note(self, signum: int, frame: object) -> None:
+        self.signal = signum
 
 
 def _start_children(store: Store, background: BackgroundProcess, core: AsyncCore) -> None:
@@ -229,12 +236,15 @@ def _start_children(store: Store, background: BackgroundProcess, core: AsyncCore
     core.start()
 
 
-async def _run(store: Store, background: BackgroundProcess, core: AsyncCore) -> None:
+async def _run(store: Store, background: BackgroundProcess, core: AsyncCore, early: _EarlyStop) -> None:
     settings = store.settings
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if early.signal is not None:
+        log.info("%s while starting: stopping", signal.Signals(early.signal).name)
+        return  # serve's clean-up stops the children; nothing else has started
     acceptor = Acceptor(store, on_committed=background.mail_committed)
     acceptor.start()
     gateway = SmtpGateway(settings, acceptor)
