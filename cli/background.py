@@ -102,13 +102,14 @@ class BackgroundProcess:
         """Fork the process if this one has no other thread, spawn it otherwise (see the module's docstring)."""
         self.start_method = "fork" if threading.active_count() == 1 else "spawn"
         context = multiprocessing.get_context(self.start_method)
-        self._process = context.Process(
+        process = context.Process(
             target=_child_main,
             args=(self._settings, os.getpid(), self._filing.reader, self._delivery.reader, self._delivery.writer,
                   self._digest_requests, self._digest_replies),
             name="supportdesk-background", daemon=True,
         )
-        self._process.start()
+        process.start()
+        self._process = process  # only once started: stop() joins it
 
     def mail_committed(self) -> None:
         """Accepted mail is in the store: file it."""

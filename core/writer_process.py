@@ -233,12 +233,14 @@ class _Child:
             if not answer_reader.poll(START_TIMEOUT_SECONDS):
                 raise TimeoutError(f"no answer in {START_TIMEOUT_SECONDS:.0f} s")
             pid = int(answer_reader.recv_bytes())  # sent once its store is open
-        except Exception as exc:
+        except BaseException as exc:
             if process.pid is not None:
                 process.kill()
                 process.join(5)
             request_writer.close()
             answer_reader.close()
+            if not isinstance(exc, Exception):
+                raise
             log.error("the writer process did not start: %s", exc.__class__.__name__, exc_info=exc)
             raise StoreUnavailable("the writer process did not start, so this change was not made") from None
         os.set_blocking(request_writer.fileno(), False)

@@ -101,11 +101,17 @@ class Scheduler:
         picks up what was not.
         """
         self._stopping = True
-        self._scheduler.shutdown(wait=False)
+        # No job starts from now on. One APScheduler handed to the loop a moment ago has not taken its first
+        # step, so it is not known here yet, and cancelled before that step (as APScheduler's shutdown would)
+        # it would end in an "Error running job" with a traceback: one turn of the loop lets it begin and
+        # become one of ours, which end quietly.
+        self._scheduler.pause()
+        await asyncio.sleep(0)
         running = [task for task in self._running if not task.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        self._scheduler.shutdown(wait=False)
         if self.leading:
             await asyncio.to_thread(self._lock.release)
             self.leading = False

@@ -265,15 +265,17 @@ def test_a_background_process_whose_parent_died_at_once_does_not_stay(wall: Stor
         "print(background.pid, flush=True)\n"
         "os._exit(0)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    child = int(done.stdout)
-
-    try:
-        until(lambda: stat_fields(child) is None or stat_fields(child)[0] == "Z", timeout=20)  # type: ignore[index]
-    finally:
-        if stat_fields(child) is not None and comm(child) == PROCESS_NAME:
-            os.kill(child, signal.SIGKILL)  # the test failed: leave nothing behind
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    with parent.stdout:  # the child holds a copy of this pipe while it lives: read a line, not to the end
+        child = int(parent.stdout.readline())
+        try:
+            assert parent.wait(60) == 0
+            until(lambda: stat_fields(child) is None or stat_fields(child)[0] == "Z",  # type: ignore[index]
+                  timeout=20)
+        finally:
+            if stat_fields(child) is not None and comm(child) == PROCESS_NAME:
+                os.kill(child, signal.SIGKILL)  # the test failed: leave nothing behind
 
 
 def test_filing_says_when_it_has_caught_up_once_per_burst_and_not_when_idle(wall: Store) -> None:

@@ -155,8 +155,9 @@ def processes_with(marker: bytes) -> list[int]:
 
 
 def test_a_sigterm_while_serve_starts_stops_it_and_what_it_forked_cleanly(tmp_path: Path) -> None:
-    """SIGTERM as soon as serve says what it starts: before or just after its children are forked, and before
-    its event loop handles the signal. serve stops with 0 and leaves no process behind."""
+    """SIGTERM as soon as serve has opened its store, before its children are forked and its event loop
+    handles the signal (on a slow machine the signal may come later: the outcome must be the same). serve
+    stops, exits with 0, logs no traceback and leaves no process behind."""
     port = free_port()
     env = {**os.environ, "SUPPORTDESK_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "PYTHONUNBUFFERED": "1",
            "SUPPORTDESK_SMTP_LISTEN": f"127.0.0.1:{port}", "SUPPORTDESK_HTTP_LISTEN": f"127.0.0.1:{free_port()}"}
@@ -166,7 +167,7 @@ def test_a_sigterm_while_serve_starts_stops_it_and_what_it_forked_cleanly(tmp_pa
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "mail processor: started" in line:
+        if "store: started" in line:
             proc.send_signal(signal.SIGTERM)
             break
     rest, _ = proc.communicate(timeout=60)

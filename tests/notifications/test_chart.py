@@ -135,8 +135,7 @@ def test_a_title_too_wide_for_the_picture_is_cut_short_not_drawn_off_its_edge() 
     assert widest.crop((0, 0, 440, 36)).getcolors(maxcolors=10_000) != [(440 * 36, (255, 255, 255))]
 
 
-@pytest.mark.parametrize("scale", [10_000, 1_000_000, 100_000_000],
-                         ids=["ten-thousands", "millions", "hundreds-of-millions"])
+@pytest.mark.parametrize("scale", [1_000_000, 100_000_000], ids=["millions", "hundreds-of-millions"])
 def test_large_counts_are_labelled_short_enough_to_stay_inside_the_picture(scale: int) -> None:
     from PIL import Image
 

@@ -2,16 +2,19 @@
 
 The jobs are the Scheduler's own coroutines, called as APScheduler would
 call them, hour by hour of a fixed clock; digests are made in a worker
-thread here (serve makes them in a child process, tested in tests/cli).
+thread here (serve makes them in its background process, tested in
+tests/cli/test_background.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from core import services
@@ -208,3 +211,17 @@ def test_election_catches_up_at_once(database: Database, clock: FixedClock) -> N
                                                                           ("weekly", "2026-W01")]
     finally:
         store.dispose()
+
+
+def test_a_stop_right_after_the_start_ends_the_first_election_quietly(store: Store,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM as serve starts: APScheduler has handed the election to the loop, which has not run it yet."""
+    async def start_and_stop() -> None:
+        jobs = Scheduler(store, AlwaysLeader(), make_digest_with=digest_in_thread)
+        jobs.start()
+        await jobs.stop()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(start_and_stop())
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
