@@ -21,7 +21,7 @@ outbox (a reply from Slack, a digest), and restarts the process if it dies.
 event loop, its store connections and any thread exist, with ``fork``: the
 child begins as a copy of serve that shares every page of the interpreter,
 SQLAlchemy and the models with it until one of them writes to the page, and
-there is no resource tracker to start. Together that keeps some 60 MB out of
+there is no resource tracker to start. Together that keeps some 30 MB out of
 serve's tree (``bench/intake.py`` prints it). A fork is only safe while no
 other thread can hold a lock the child would inherit, so a restart, which
 happens in a serve with threads, spawns a fresh interpreter instead

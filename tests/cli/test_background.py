@@ -12,7 +12,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,7 +21,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -38,6 +36,7 @@ from intake.processor import run_processor
 from notifications.digest_job import DueDigest, due_digests
 from tests.conftest import Database
 from tests.proc_stats import cmdline, comm, stat_fields
+from tests.store_locks import hold_write_lock
 
 SUPPORT = "support@localhost"
 
@@ -223,7 +222,7 @@ def test_a_digest_whose_process_died_with_it_in_hand_is_an_error_even_after_a_ne
         except (RuntimeError, asyncio.TimeoutError) as exc:
             return exc
 
-    release = _hold_digests_write_lock(wall)
+    release = hold_write_lock(wall, "digests")
     try:
         outcome = asyncio.run(killed_in_hand())
     finally:
@@ -231,27 +230,6 @@ def test_a_digest_whose_process_died_with_it_in_hand_is_an_error_even_after_a_ne
         background.stop()
 
     assert isinstance(outcome, RuntimeError) and "the background process ended" in str(outcome), outcome
-
-
-def _hold_digests_write_lock(store: Store) -> Callable[[], None]:
-    """Another writer holds what recording a digest needs; reads go on. Returns what releases it."""
-    if store.is_sqlite:
-        locker = sqlite3.connect(store.engine.url.database, isolation_level=None, check_same_thread=False)
-        locker.execute("BEGIN IMMEDIATE")
-
-        def release() -> None:
-            locker.execute("ROLLBACK")
-            locker.close()
-
-        return release
-    holder = psycopg.connect(store.engine.url.set(drivername="postgresql").render_as_string(False))
-    holder.execute("LOCK TABLE digests IN EXCLUSIVE MODE")
-
-    def release_pg() -> None:
-        holder.rollback()
-        holder.close()
-
-    return release_pg
 
 
 def test_a_background_process_whose_parent_died_at_once_does_not_stay(wall: Store) -> None:

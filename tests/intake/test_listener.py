@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import select, text
 
@@ -29,6 +28,7 @@ from core.store import Store
 from intake.acceptance import Acceptor
 from intake.listener import GatewaySMTP, SmtpGateway
 from tests.intake.gateway import message, running_gateway
+from tests.store_locks import hold_write_lock
 
 TOKEN = "0123456789abcdef"
 
@@ -236,34 +236,13 @@ def test_a_store_that_cannot_commit_answers_451_and_the_retry_is_stored_once(sto
     assert [r.raw for r in stored(store)] == [raw]
 
 
-def _hold_write_lock(store: Store) -> Callable[[], None]:
-    """Another writer takes the lock the acceptance commit needs; returns what releases it."""
-    if store.is_sqlite:
-        locker = sqlite3.connect(store.engine.url.database, isolation_level=None, check_same_thread=False)
-        locker.execute("BEGIN IMMEDIATE")
-
-        def release() -> None:
-            locker.execute("ROLLBACK")
-            locker.close()
-
-        return release
-    holder = psycopg.connect(store.engine.url.set(drivername="postgresql").render_as_string(False))
-    holder.execute("LOCK TABLE inbound_mail IN EXCLUSIVE MODE")
-
-    def release_pg() -> None:
-        holder.rollback()
-        holder.close()
-
-    return release_pg
-
-
 def test_a_write_lock_held_for_a_moment_by_another_writer_is_waited_out_and_answered_250(store: Store) -> None:
     """Another writer holds the lock for 0.3 s: the session hears 250, not 451, and the message is stored once.
 
     On SQLite the acceptor retries the database lock itself (its connections
     do not wait); on PostgreSQL the INSERT waits for the table lock.
     """
-    released = threading.Timer(0.3, _hold_write_lock(store))
+    released = threading.Timer(0.3, hold_write_lock(store, "inbound_mail"))
     with running_gateway(store) as gw, gw.client() as client:
         released.start()
         assert client.sendmail("jane@acme.test", ["support@localhost"], message(subject="wait for it")) == {}
@@ -274,7 +253,7 @@ def test_a_write_lock_held_for_a_moment_by_another_writer_is_waited_out_and_answ
 def test_closing_the_acceptor_commits_what_waits_behind_the_commit_in_progress(store: Store) -> None:
     """close() returns only once every message handed over is committed, also one queued behind a slow commit,
     even when the loop ends right after it (as serve's does)."""
-    released = threading.Timer(0.4, _hold_write_lock(store))
+    released = threading.Timer(0.4, hold_write_lock(store, "inbound_mail"))
 
     async def hand_over_then_close() -> None:
         acceptor = Acceptor(store)
