@@ -3,9 +3,9 @@
 APScheduler 3's ``AsyncIOScheduler`` runs the jobs as coroutines in the same
 loop as the SMTP listener and the Slack app; the blocking work of each job
 runs in a worker thread (or, for the digest in serve, its background
-process), so the loop keeps answering. Every job coalesces (a job that fell behind runs once, not
-once per missed tick), runs one instance at a time, and may start up to a
-grace period late.
+process), so the loop keeps answering. Every job coalesces (a job that fell
+behind runs once, not once per missed tick), runs one instance at a time,
+and may start up to a grace period late.
 
 Several ``serve`` processes may share one PostgreSQL database; only the one
 holding the leader lock (``core.leadership``) runs the jobs. Every process
