@@ -17,16 +17,11 @@ and the digest maker, which makes a digest when serve's scheduler asks
 commit of accepted mail and another after anything else it wrote to the
 outbox (a reply from Slack, a digest), and restarts the process if it dies.
 
-**Forked, while serve has one thread.** serve starts the process before its
-event loop, its store connections and any thread exist, with ``fork``: the
-child begins as a copy of serve that shares every page of the interpreter,
-SQLAlchemy and the models with it until one of them writes to the page, and
-there is no resource tracker to start. Together that keeps some 30 MB out of
-serve's tree (``bench/intake.py`` prints it). A fork is only safe while no
-other thread can hold a lock the child would inherit, so a restart, which
-happens in a serve with threads, spawns a fresh interpreter instead
-(``multiprocessing``'s ``spawn``): a dead process comes back either way, at
-the price of that memory until serve restarts. The parent tells the child to
+**Forked, while serve has one thread** (``core.child_process``): the child
+shares serve's pages and no resource tracker starts, which keeps some 30 MB
+out of serve's tree (``bench/intake.py`` prints it); a restart, in a serve
+with threads by then, spawns a fresh interpreter, at the price of that
+memory until serve restarts. The parent tells the child to
 stop with SIGTERM, not a shared ``multiprocessing.Event``: an Event made for
 a fork cannot be handed to a spawned process, and one made for a spawn needs
 the resource tracker.
@@ -35,7 +30,6 @@ the resource tracker.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
 import multiprocessing
@@ -48,9 +42,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from core.allocator import return_memory_promptly
-from core.log_format import configure_logging
-from core.process_name import name_this_process
+from core.child_process import begin_child, start_method
 from core.settings import Settings
 from core.store import Store
 
@@ -73,6 +65,8 @@ DELIVERY_GIVES_WAY_AT_MOST = 30.0
 # How often serve looks for a digest's answer, and the digest maker for the end of the process.
 DIGEST_POLL_SECONDS = 0.1
 DIGEST_MAKER_LOOKS_FOR_STOP = 0.5
+# How often filing, waiting out a store outage, looks whether SIGTERM has come.
+STOP_LOOK_SECONDS = 0.5
 
 
 class BackgroundProcess:
@@ -100,7 +94,7 @@ class BackgroundProcess:
 
     def start(self) -> None:
         """Fork the process if this one has no other thread, spawn it otherwise (see the module's docstring)."""
-        self.start_method = "fork" if threading.active_count() == 1 else "spawn"
+        self.start_method = start_method()
         context = multiprocessing.get_context(self.start_method)
         process = context.Process(
             target=_child_main,
@@ -232,10 +226,7 @@ def _child_main(settings: Settings, parent: int, filing_wake: Connection, delive
     from notifications.email_delivery import run_email_delivery
     from notifications.mail_transport import transport_for
 
-    gc.freeze()  # forked: keep the collector's hands off the pages shared with serve
-    return_memory_promptly()  # forked, serve's settings are kept; spawned, these are they
-    name_this_process(PROCESS_NAME)
-    configure_logging(logging.INFO, settings.log_format)  # forked, serve's set-up is kept; spawned, this is it
+    begin_child(PROCESS_NAME, settings.log_format)
     os.nice(NICENESS)
     started = time.monotonic()
     store = Store.open(settings)
@@ -285,7 +276,7 @@ class _SignalledStop:
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self._set and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, DIGEST_MAKER_LOOKS_FOR_STOP))
+            time.sleep(min(left, STOP_LOOK_SECONDS))
         return self._set
 
 

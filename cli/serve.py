@@ -257,9 +257,7 @@ async def _run(store: Store, background: BackgroundProcess, core: AsyncCore, ear
     try:
         await _start_listening(settings, gateway, listener, slack)
     except BaseException:
-        await asyncio.to_thread(background.stop)
-        await acceptor.close()
-        core.close()
+        await acceptor.close()  # the children: serve's clean-up stops them
         raise
 
     def outbox_written() -> None:

@@ -33,7 +33,6 @@ fails with :class:`ChangeUncertain`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
 import multiprocessing
@@ -49,10 +48,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, TypeVar
 
-from core.allocator import return_memory_promptly
+from core.child_process import begin_child, start_method
 from core.errors import ChangeUncertain, StoreUnavailable
-from core.log_format import configure_logging
-from core.process_name import name_this_process
 from core.settings import Settings
 from core.store import Store
 
@@ -91,8 +88,8 @@ class WriterProcess:
     """One process making service calls in the order they were made, replaced when it dies.
 
     Forked when the process that starts it has a single thread (``serve``
-    starts it before its event loop, right after the background process:
-    see :mod:`cli.background` for why), spawned otherwise (a replacement).
+    starts it before its event loop, right after the background process),
+    spawned otherwise (a replacement): see :mod:`core.child_process`.
 
     :meth:`call` runs on the event loop. :meth:`start` blocks, in any
     thread; :meth:`close` blocks, on the loop's thread or once the loop has
@@ -215,8 +212,9 @@ class _Child:
     @classmethod
     def start(cls, settings: Settings,
               unreached: Callable[[list[_Call], asyncio.AbstractEventLoop | None], None]) -> _Child:
-        forked = threading.active_count() == 1
-        context = multiprocessing.get_context("fork" if forked else "spawn")
+        method = start_method()
+        forked = method == "fork"
+        context = multiprocessing.get_context(method)
         request_reader, request_writer = context.Pipe(duplex=False)
         answer_reader, answer_writer = context.Pipe(duplex=False)
         # A forked child holds copies of our ends too: it closes them, or it would never read end of file.
@@ -463,11 +461,8 @@ def _writer_main(settings: Settings, parent: int, requests: Connection, answers:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for end in serves_ends:
         end.close()
-    gc.freeze()  # forked: keep the collector's hands off the pages shared with serve
-    return_memory_promptly()  # forked, serve's settings are kept; spawned, these are they
-    name_this_process(PROCESS_NAME)
+    begin_child(PROCESS_NAME, settings.log_format)
     os.nice(WRITER_NICENESS)
-    configure_logging(logging.INFO, settings.log_format)  # forked, serve's set-up is kept; spawned, this is it
     store = Store.open(settings)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="writer-parent-watch", daemon=True).start()
     answers.send_bytes(str(os.getpid()).encode())

@@ -172,10 +172,10 @@ class GatewaySMTP(SMTP):
         compares the two; the one difference, whitespace such as a vertical
         tab before the parameters, which the parser keeps, changes nothing:
         aiosmtpd splits them on whitespace) at a fraction of the cost, which
-        at one connection every message waits for. Anything else goes to the parser. Same rules
-        otherwise: an address that does not parse (or has a local part over
-        aiosmtpd's ``local_part_limit``, when one is set) is ``(None, None)``,
-        which aiosmtpd answers ``553``.
+        at one connection every message waits for. Anything else goes to the
+        parser. Same rules otherwise: an address that does not parse (or has
+        a local part over aiosmtpd's ``local_part_limit``, when one is set) is
+        ``(None, None)``, which aiosmtpd answers ``553``.
         """
         plain = _PLAIN_PATH.match(arg)
         if plain is not None:

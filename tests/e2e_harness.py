@@ -629,7 +629,9 @@ class PeakMemory(threading.Thread):
         named = {comm(p): p for p, parent in tree.items() if parent == pid}
         processor, writer = named.get(BACKGROUND_NAME), named.get(WRITER_NAME)
         if processor is None:  # serve's fork in the moment before it names itself: serve's command line
-            processor = next((p for p, parent in tree.items() if parent == pid and cmdline(p) == cmdline(pid)), None)
+            serve_command = cmdline(pid)
+            processor = next((p for p, parent in tree.items() if parent == pid and cmdline(p) == serve_command),
+                             None)
         others = [kb for p, kb in resident.items() if p not in (pid, processor, writer)]
         seen = {"serve": resident[pid], "mail processor": resident.get(processor, 0) if processor else 0,
                 "writer": resident.get(writer, 0) if writer else 0,

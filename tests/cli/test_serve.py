@@ -21,6 +21,7 @@ from core.settings import load_settings
 from cli.background import PROCESS_NAME as BACKGROUND
 from cli.serve import plan_parts
 from tests.conftest import Database
+from tests.e2e_harness import wait_for
 from tests.intake.serve_process import ServeProcess, free_port, serve_env
 from tests.proc_stats import children_of, cmdline, comm
 
@@ -100,13 +101,6 @@ def test_serve_migrates_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def until(condition: object, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.1)
-
-
 def test_the_background_process_is_a_fork_of_serve_makes_the_digests_and_is_spawned_again_if_killed(
         database: Database, tmp_path: Path) -> None:
     port = free_port()
@@ -115,13 +109,13 @@ def test_the_background_process_is_a_fork_of_serve_makes_the_digests_and_is_spaw
     assert serve.process is not None
     pid = serve.process.pid
     try:
-        until(lambda: "weekly digest" in serve.log() and "made and queued" in serve.log(), "the digests are made")
+        wait_for(lambda: "weekly digest" in serve.log() and "made and queued" in serve.log(), 30, "the digests are made")
         at_start = {child: (comm(child), cmdline(child)) for child in children_of(pid)}
         serve_command = cmdline(pid)
         assert len(at_start) == 1, at_start
         (first,) = at_start
         os.kill(first, signal.SIGKILL)
-        until(lambda: [c for c in children_of(pid) if c != first and comm(c) == BACKGROUND], "it is back")
+        wait_for(lambda: [c for c in children_of(pid) if c != first and comm(c) == BACKGROUND], 30, "it is back")
         (second,) = [c for c in children_of(pid) if comm(c) == BACKGROUND]
         second_command = cmdline(second)
         with smtplib.SMTP("127.0.0.1", port) as client:
@@ -129,7 +123,7 @@ def test_the_background_process_is_a_fork_of_serve_makes_the_digests_and_is_spaw
                             b"From: customer@example.test\r\nTo: support@localhost\r\nSubject: Still there?\r\n"
                             b"Message-ID: <still-there@example.test>\r\n\r\nHello.\r\n")
         acknowledged = tmp_path / "outgoing-mail" / "new"
-        until(lambda: acknowledged.exists() and any(acknowledged.iterdir()), "the mail is acknowledged")
+        wait_for(lambda: acknowledged.exists() and any(acknowledged.iterdir()), 30, "the mail is acknowledged")
     finally:
         code = serve.terminate()
 
@@ -173,7 +167,7 @@ def test_a_sigterm_while_serve_starts_stops_it_and_what_it_forked_cleanly(tmp_pa
     rest, _ = proc.communicate(timeout=60)
     log = "".join(lines) + rest
     marker = f"SUPPORTDESK_SMTP_LISTEN=127.0.0.1:{port}\0".encode()
-    until(lambda: not processes_with(marker), "the children it forked are gone", timeout=15)
+    wait_for(lambda: not processes_with(marker), 15, "the children it forked are gone")
 
     assert proc.returncode == 0, log
     assert "Traceback" not in log, log
